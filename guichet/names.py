@@ -1,0 +1,77 @@
+"""Every name shared between Asterisk and the engine, in one place.
+
+Channel variables (``GUICHET_*`` and the Asterisk ones we read or set), AMI
+event names and AMI header names.  The dialplan generator, the AGI handlers,
+the AMI client and the simulated PBX all import them from here, so a rename
+is a one-line change that cannot leave two sides out of step.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Channel variables set by the engine (read by the dialplan) -------------
+GUICHET_QUEUE: Final = "GUICHET_QUEUE"  # queue the caller must join
+GUICHET_PRIO: Final = "GUICHET_PRIO"  # urgency chosen by the IVR (copied to QUEUE_PRIO)
+GUICHET_IVR_DONE: Final = "GUICHET_IVR_DONE"  # "1" once the IVR handed the call back on purpose
+GUICHET_CITIZEN_ID: Final = "GUICHET_CITIZEN_ID"
+GUICHET_CONTACT_ID: Final = "GUICHET_CONTACT_ID"
+GUICHET_REASON: Final = "GUICHET_REASON"  # menu choice that routed the call (top reasons KPI)
+GUICHET_CALLBACK_ID: Final = "GUICHET_CALLBACK_ID"
+
+# --- Asterisk channel variables ---------------------------------------------
+QUEUE_PRIO: Final = "QUEUE_PRIO"
+QUEUESTATUS: Final = "QUEUESTATUS"
+QUEUEPOSITION: Final = "QUEUEPOSITION"
+QUEUEWAIT: Final = "QUEUEWAIT"
+AGISTATUS: Final = "AGISTATUS"
+CHANNEL_LANGUAGE: Final = "CHANNEL(language)"
+
+# --- AMI header names ---------------------------------------------------------
+H_ACTION: Final = "Action"
+H_ACTION_ID: Final = "ActionID"
+H_RESPONSE: Final = "Response"
+H_EVENT: Final = "Event"
+H_MESSAGE: Final = "Message"
+H_EVENT_LIST: Final = "EventList"
+H_LIST_ITEMS: Final = "ListItems"
+H_PRIVILEGE: Final = "Privilege"
+H_USERNAME: Final = "Username"
+H_SECRET: Final = "Secret"
+H_EVENTS: Final = "Events"
+H_CHANNEL: Final = "Channel"
+H_UNIQUEID: Final = "Uniqueid"
+H_LINKEDID: Final = "Linkedid"
+H_QUEUE: Final = "Queue"
+H_POSITION: Final = "Position"
+H_COUNT: Final = "Count"
+H_PRIORITY: Final = "Priority"
+H_INTERFACE: Final = "Interface"
+H_MEMBER_NAME: Final = "MemberName"
+H_STATE_INTERFACE: Final = "StateInterface"
+H_PAUSED: Final = "Paused"
+H_REASON: Final = "Reason"
+H_IMMEDIATE: Final = "Immediate"
+H_CALLER: Final = "Caller"
+H_VARIABLE: Final = "Variable"
+H_VALUE: Final = "Value"
+H_CALLER_ID_NUM: Final = "CallerIDNum"
+H_CALLER_ID_NAME: Final = "CallerIDName"
+
+# --- AMI event names the engine subscribes to ---------------------------------
+EV_FULLY_BOOTED: Final = "FullyBooted"
+EV_NEWCHANNEL: Final = "Newchannel"
+EV_HANGUP: Final = "Hangup"
+EV_VARSET: Final = "VarSet"
+EV_QUEUE_CALLER_JOIN: Final = "QueueCallerJoin"
+EV_QUEUE_CALLER_LEAVE: Final = "QueueCallerLeave"
+EV_QUEUE_CALLER_ABANDON: Final = "QueueCallerAbandon"
+EV_AGENT_CALLED: Final = "AgentCalled"
+EV_AGENT_CONNECT: Final = "AgentConnect"
+EV_AGENT_COMPLETE: Final = "AgentComplete"
+EV_AGENT_RING_NO_ANSWER: Final = "AgentRingNoAnswer"
+EV_QUEUE_MEMBER_ADDED: Final = "QueueMemberAdded"
+EV_QUEUE_MEMBER_REMOVED: Final = "QueueMemberRemoved"
+EV_QUEUE_MEMBER_PAUSE: Final = "QueueMemberPause"
+EV_QUEUE_MEMBER_STATUS: Final = "QueueMemberStatus"
+EV_ORIGINATE_RESPONSE: Final = "OriginateResponse"
