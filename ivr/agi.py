@@ -257,6 +257,11 @@ def encode_command(*words: str) -> bytes:
     """Encode one command line (``"\\n"`` terminated UTF-8) that Asterisk splits back into ``words``."""
     if not words:
         raise ValueError("an AGI command needs at least one word")
+    if not words[0] or _NEEDS_QUOTING.search(words[0]) is not None:
+        raise ValueError(
+            f"invalid AGI command word {words[0][:40]!r}: pass each word of the command name "
+            "separately, e.g. encode_command('GET', 'VARIABLE', name)"
+        )
     if len(words) > MAX_COMMAND_ARGS:
         raise ValueError(f"AGI command has {len(words)} words; Asterisk keeps only {MAX_COMMAND_ARGS}")
     line = " ".join([quote_arg(w) for w in words])

@@ -1,0 +1,518 @@
+"""asyncio FastAGI server: routes, sessions with typed command helpers, limits, counters.
+
+Asterisk never times out a FastAGI server (round-2 recordings, scenario 7): a server that
+stalls holds the call forever.  So this server always ends a session itself and hands the call
+back to the dialplan by closing the socket: when the environment block does not arrive within
+``env_timeout`` (or exceeds ``max_env_bytes``), when a reply does not arrive within
+``command_timeout``, when the whole session exceeds ``session_timeout``, when the route is
+unknown, when the bytes are garbage, and when the handler raises.  A failing session is logged
+with its channel name (never a variable's value) and never affects the other sessions.
+
+Built on ``asyncio.Protocol`` + one future per command (cheaper than streams); a single
+watchdog timer per connection enforces the environment and command deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from ivr.agi import (
+    DEFAULT_MAX_ENV_BYTES,
+    NEED_DATA,
+    AgiEnv,
+    AgiServerConnection,
+    EnvironmentReceived,
+    HangupNotice,
+    Reply,
+)
+from ivr.errors import AgiCommandError, AgiError, AgiHangup, AgiProtocolError, AgiTimeout
+
+__all__ = ["AgiSession", "FastAgiServer", "Handler", "RouteTable", "ServerStats"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["AgiSession"], Awaitable[None]]
+
+UNKNOWN_ROUTE: Final = "UnknownRoute"
+SESSION_TIMEOUT: Final = "SessionTimeout"
+CANCELLED: Final = "Cancelled"
+CONNECTION_CLOSED: Final = "ConnectionClosed"
+
+
+class RouteTable:
+    """Route name (``agi_network_script``) -> handler.  Explicit, no import side effects."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Handler] = {}
+
+    def add(self, name: str, handler: Handler) -> None:
+        if name in self._routes:
+            raise ValueError(f"AGI route {name!r} is already registered")
+        self._routes[name] = handler
+
+    def route(self, name: str) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add`."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(name, handler)
+            return handler
+
+        return register
+
+    def get(self, name: str) -> Handler | None:
+        return self._routes.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._routes
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)
+
+
+@dataclass
+class ServerStats:
+    """Connections started, completed (handler returned), failed by error type, open now.
+
+    ``failed`` keys: an exception type name (``AgiHangup``, ``AgiTimeout``,
+    ``AgiProtocolError``, ``ValueError`` ...) or ``UnknownRoute``, ``SessionTimeout``,
+    ``Cancelled`` (server closing), ``ConnectionClosed`` (closed before the environment block).
+    """
+
+    started: int = 0
+    completed: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    current: int = 0
+
+
+def _command_name(words: tuple[str, ...]) -> str:
+    """The leading upper-case words (``SET VARIABLE``): loggable, unlike the arguments."""
+    name = []
+    for word in words[:3]:
+        if not (word.isalpha() and word.isascii() and word.isupper()):
+            break
+        name.append(word)
+    return " ".join(name) or "?"
+
+
+class AgiSession:
+    """One FastAGI session as seen by a route handler.
+
+    :meth:`command` sends any command and returns the 200 :class:`~ivr.agi.Reply`; it raises
+    :class:`AgiHangup` on 511 and when the connection is gone, :class:`AgiCommandError` on
+    510 / 520 (and any other non-200 code), :class:`AgiTimeout` after ``command_timeout`` (the
+    session is then closed), ValueError for an argument that cannot be sent (CR/LF/NUL).
+    The typed helpers document their own result-code mapping.
+    """
+
+    __slots__ = ("_proto", "env")
+
+    def __init__(self, proto: _AgiProtocol, env: AgiEnv) -> None:
+        self._proto = proto
+        self.env = env
+
+    @property
+    def hung_up(self) -> bool:
+        """Asterisk sent its ``HANGUP`` line, or closed the connection."""
+        return self._proto.hung_up
+
+    @property
+    def channel(self) -> str:
+        return self.env.channel
+
+    async def command(self, *words: str, reply_timeout: float | None = None) -> Reply:
+        """Send one command; ``reply_timeout`` overrides the server's ``command_timeout``."""
+        return await self._proto.command(words, reply_timeout)
+
+    def _hangup_or_error(self, what: str, reply: Reply) -> AgiError:
+        if self.hung_up:
+            return AgiHangup(f"{what}: channel hung up", reply)
+        return AgiCommandError(f"{what}: failed ({reply.text})", reply)
+
+    async def answer(self) -> None:
+        """ANSWER: ``result=0`` ok; ``-1`` -> AgiHangup."""
+        reply = await self.command("ANSWER")
+        if reply.result == -1:
+            raise AgiHangup("ANSWER failed: channel gone", reply)
+
+    async def stream_file(self, name: str, escape_digits: str = "") -> str | None:
+        """STREAM FILE: the escape digit pressed, or None when played to the end.
+
+        ``result=-1``: AgiHangup when Asterisk already sent its HANGUP line or when
+        ``endpos>0`` (the channel went away during playback); otherwise (``endpos=0`` on a
+        live channel) AgiCommandError: the sound file does not exist.
+        """
+        reply = await self.command("STREAM", "FILE", name, escape_digits)
+        return self._digit(reply, f"STREAM FILE {name}")
+
+    def _digit(self, reply: Reply, what: str) -> str | None:
+        result = reply.result
+        if result is None or result < -1:
+            raise AgiCommandError(f"{what}: unexpected result {reply.text!r}", reply)
+        if result == -1:
+            if self.hung_up or (reply.endpos or 0) > 0:
+                raise AgiHangup(f"{what}: channel hung up", reply)
+            raise AgiCommandError(f"{what}: sound file not found", reply)
+        return chr(result) if result else None
+
+    async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> tuple[str, bool]:
+        """GET DATA: (digits, timed_out).  ``result=-1`` -> AgiHangup.  Digits are returned as
+        text (leading zeros kept); the dial-plan style timeout adds ``(timeout)``."""
+        reply = await self.command("GET", "DATA", prompt, str(timeout_ms), str(max_digits))
+        if reply.result == -1:
+            raise AgiHangup("GET DATA: channel hung up", reply)
+        return reply.result_text or "", reply.timeout
+
+    async def wait_for_digit(self, timeout_ms: int) -> str | None:
+        """WAIT FOR DIGIT: the digit, or None on timeout (``result=0``); ``-1`` -> AgiHangup."""
+        reply = await self.command("WAIT", "FOR", "DIGIT", str(timeout_ms))
+        if reply.result == -1:
+            raise AgiHangup("WAIT FOR DIGIT: channel hung up", reply)
+        if reply.result is None or reply.result < 0:
+            raise AgiCommandError(f"WAIT FOR DIGIT: unexpected result {reply.text!r}", reply)
+        return chr(reply.result) if reply.result else None
+
+    async def set_variable(self, name: str, value: str) -> None:
+        """SET VARIABLE (value sent quoted as needed: quotes, spaces, UTF-8 arrive intact)."""
+        await self.command("SET", "VARIABLE", name, value)
+
+    async def get_variable(self, name: str) -> str | None:
+        """GET VARIABLE: None when unset (``result=0``), ``""`` when set but empty."""
+        return self._variable(await self.command("GET", "VARIABLE", name))
+
+    async def get_full_variable(self, expression: str) -> str | None:
+        """GET FULL VARIABLE: evaluates ``${...}`` - never pass caller-controlled text."""
+        return self._variable(await self.command("GET", "FULL", "VARIABLE", expression))
+
+    @staticmethod
+    def _variable(reply: Reply) -> str | None:
+        if reply.result != 1:
+            return None
+        return reply.data if reply.data is not None else ""
+
+    async def exec(self, app: str, *args: str) -> int:
+        """EXEC app with its arguments joined by ``,`` (Asterisk passes EXEC one options word).
+
+        Returns the application's result (0 normally, -1 usually = hangup inside the app);
+        ``result=-2`` (unknown application) -> AgiCommandError.
+        """
+        words = ("EXEC", app, ",".join(args)) if args else ("EXEC", app)
+        reply = await self.command(*words)
+        if reply.result == -2:
+            raise AgiCommandError(f"EXEC {app}: unknown application", reply)
+        if reply.result is None:
+            raise AgiCommandError(f"EXEC {app}: unexpected result {reply.text!r}", reply)
+        return reply.result
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        """VERBOSE message level (``result=1``)."""
+        await self.command("VERBOSE", message, str(level))
+
+    async def hangup(self) -> None:
+        """HANGUP the channel; Asterisk then writes its ``HANGUP`` line before the next reply."""
+        await self.command("HANGUP")
+
+    async def set_music(self, on: bool, class_: str = "default") -> None:
+        """SET MUSIC ON class / SET MUSIC OFF (``result=0``)."""
+        if on:
+            await self.command("SET", "MUSIC", "ON", class_)
+        else:
+            await self.command("SET", "MUSIC", "OFF")
+
+    async def channel_status(self) -> int:
+        """CHANNEL STATUS: Asterisk's state number (6 = up); ``-1`` -> AgiHangup."""
+        reply = await self.command("CHANNEL", "STATUS")
+        if reply.result is None:
+            raise AgiCommandError(f"CHANNEL STATUS: unexpected result {reply.text!r}", reply)
+        if reply.result == -1:
+            raise AgiHangup("CHANNEL STATUS: no such channel", reply)
+        return reply.result
+
+
+class _AgiProtocol(asyncio.Protocol):
+    """One connection: feeds the codec, resolves command futures, runs the handler task."""
+
+    def __init__(self, server: FastAgiServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+        self._codec = AgiServerConnection(max_env_bytes=server.max_env_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._waiting_for = ""
+        self._deadline: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed: AgiError | None = None
+        self._pre_session_failure = CONNECTION_CLOSED
+        self._counted = False
+        self.hung_up = False
+        self.channel = "?"
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        stats = self._server.stats
+        stats.started += 1
+        stats.current += 1
+        self._server._connections.add(self)
+        self._set_deadline(self._server.env_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._codec.receive_data(data)
+        self._drain()
+
+    def eof_received(self) -> bool:
+        self._codec.receive_data(b"")
+        self._drain()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._deadline = None
+        self._shut(AgiHangup("the FastAGI connection is closed"))
+        if self._task is None:
+            self._count(self._pre_session_failure)
+
+    # -- events
+    def _drain(self) -> None:
+        codec = self._codec
+        try:
+            while True:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    return
+                if type(event) is Reply:
+                    self._deadline = None
+                    waiter = self._waiter
+                    self._waiter = None
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(event)
+                elif type(event) is HangupNotice:
+                    self.hung_up = True
+                elif type(event) is EnvironmentReceived:
+                    self._start_session(event.env)
+                else:
+                    self.hung_up = True
+                    self._shut(AgiHangup("Asterisk closed the FastAGI connection"))
+                    return
+        except AgiProtocolError as exc:
+            logger.warning("FastAGI protocol error on %s: %s; closing the session", self.channel, exc)
+            self._abort(exc)
+
+    def _start_session(self, env: AgiEnv) -> None:
+        self._deadline = None
+        self.channel = env.channel or "?"
+        route = env.network_script
+        handler = self._server.routes.get(route)
+        if handler is None:
+            logger.warning(
+                "unknown FastAGI route %r for %s; closing so the dialplan continues", route[:80], self.channel
+            )
+            self._pre_session_failure = UNKNOWN_ROUTE
+            self._shut(AgiHangup(f"unknown route {route[:80]!r}"))
+            return
+        self._task = self._loop.create_task(self._run(handler, AgiSession(self, env), route))
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # Normally _run() has counted and closed already; a task cancelled before its first
+        # step never ran its body, so it is counted and closed here.
+        self._count(CANCELLED)
+        self._shut(AgiHangup("the FastAGI session is finished"))
+
+    async def _run(self, handler: Handler, session: AgiSession, route: str) -> None:
+        outcome: str | None = None
+        scope = asyncio.timeout(self._server.session_timeout)
+        try:
+            async with scope:
+                await handler(session)
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        except TimeoutError:
+            if not scope.expired():
+                outcome = "TimeoutError"
+                logger.exception("FastAGI route %r failed on %s", route, self.channel)
+            else:
+                outcome = SESSION_TIMEOUT
+                logger.warning(
+                    "FastAGI route %r on %s exceeded session_timeout (%ss); handing the call back",
+                    route,
+                    self.channel,
+                    self._server.session_timeout,
+                )
+        except AgiHangup as exc:
+            outcome = type(exc).__name__
+            logger.info("FastAGI route %r on %s: hangup (%s)", route, self.channel, exc)
+        except AgiError as exc:
+            outcome = type(exc).__name__
+            logger.warning("FastAGI route %r on %s: %s: %s", route, self.channel, outcome, exc)
+        except Exception as exc:
+            outcome = type(exc).__name__
+            logger.exception("FastAGI route %r failed on %s", route, self.channel)
+        finally:
+            self._count(outcome)
+            self._shut(AgiHangup("the FastAGI session is finished"))
+
+    # -- commands
+    async def command(self, words: tuple[str, ...], reply_timeout: float | None) -> Reply:
+        if self._closed is not None:
+            raise AgiHangup(f"{_command_name(words)}: session closed ({self._closed})")
+        if self._waiter is not None:
+            raise RuntimeError("AgiSession.command() called while another command awaits its reply")
+        data = self._codec.send_command(*words)
+        waiter: asyncio.Future[Reply] = self._loop.create_future()
+        self._waiter = waiter
+        self._waiting_for = _command_name(words)
+        self._set_deadline(self._server.command_timeout if reply_timeout is None else reply_timeout)
+        assert self._transport is not None
+        self._transport.write(data)
+        try:
+            reply = await waiter
+        except asyncio.CancelledError:
+            self._abort(AgiHangup(f"{self._waiting_for}: cancelled while awaiting its reply"))
+            raise
+        if reply.code == 200:
+            return reply
+        if reply.code == 511:
+            raise AgiHangup(f"{self._waiting_for}: {reply.text}", reply)
+        raise AgiCommandError(f"{self._waiting_for}: {reply.code} {reply.text}", reply)
+
+    # -- deadlines
+    def _set_deadline(self, delay: float) -> None:
+        deadline = self._loop.time() + delay
+        self._deadline = deadline
+        watchdog = self._watchdog
+        if watchdog is not None:
+            if watchdog.when() <= deadline:
+                return
+            watchdog.cancel()
+        self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        deadline = self._deadline
+        if deadline is None or self._closed is not None:
+            return
+        if self._loop.time() < deadline:
+            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+            return
+        if self._codec.env_received:
+            message = f"no reply to {self._waiting_for} within the command timeout"
+        else:
+            message = f"no complete environment block within {self._server.env_timeout}s"
+        logger.warning("FastAGI %s on %s; closing the session", message, self.channel)
+        self._abort(AgiTimeout(message))
+
+    # -- ending
+    def _shut(self, reason: AgiError) -> None:
+        """No more commands: fail the pending one with ``reason`` and close the socket."""
+        if self._closed is None:
+            self._closed = reason
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(reason)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _abort(self, reason: AgiError) -> None:
+        if self._task is None and self._pre_session_failure == CONNECTION_CLOSED:
+            self._pre_session_failure = type(reason).__name__
+        self._shut(reason)
+
+    def _count(self, outcome: str | None) -> None:
+        if self._counted:
+            return
+        self._counted = True
+        stats = self._server.stats
+        stats.current -= 1
+        if outcome is None:
+            stats.completed += 1
+        else:
+            stats.failed[outcome] += 1
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Server shutdown: cancel the handler (or close the socket if none runs yet)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            return self._task
+        self._shut(AgiHangup("the FastAGI server is closing"))
+        return None
+
+
+class FastAgiServer:
+    """The FastAGI server: ``async with FastAgiServer(routes, port=0) as server: ...``."""
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4573,
+        session_timeout: float = 600.0,
+        command_timeout: float = 60.0,
+        env_timeout: float = 5.0,
+        max_env_bytes: int = DEFAULT_MAX_ENV_BYTES,
+    ) -> None:
+        for name, value in (
+            ("session_timeout", session_timeout),
+            ("command_timeout", command_timeout),
+            ("env_timeout", env_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if max_env_bytes < 1:
+            raise ValueError(f"max_env_bytes must be >= 1, got {max_env_bytes!r}")
+        self.routes = routes
+        self.host = host
+        self._requested_port = port
+        self.session_timeout = session_timeout
+        self.command_timeout = command_timeout
+        self.env_timeout = env_timeout
+        self.max_env_bytes = max_env_bytes
+        self.stats = ServerStats()
+        self._connections: set[_AgiProtocol] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("FastAgiServer already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AgiProtocol(self, loop), self.host, self._requested_port
+        )
+        logger.info("FastAGI server listening on %s:%s", self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("FastAgiServer is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop accepting, cancel running handlers, close every connection."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        server.close()
+        tasks = [task for proto in list(self._connections) if (task := proto.cancel()) is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> FastAgiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
