@@ -267,7 +267,10 @@ def encode_command(*words: str) -> bytes:
     line = " ".join([quote_arg(w) for w in words])
     if line[:7].lower() == "failure":
         raise ValueError("an AGI command line may not start with 'failure' (Asterisk aborts the AGI)")
-    data = (line + "\n").encode(_ENCODING)
+    try:
+        data = (line + "\n").encode(_ENCODING)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"AGI command contains a lone surrogate at index {exc.start}; not UTF-8") from None
     if len(data) > MAX_COMMAND_BYTES:
         raise ValueError(
             f"AGI command line is {len(data)} bytes; Asterisk reads at most {MAX_COMMAND_BYTES} "
