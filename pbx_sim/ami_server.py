@@ -387,10 +387,8 @@ class AmiServer:
             self._server.close()
         for session in list(self.sessions):
             session.writer.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        # Closing the writers ends every session's read loop (EOF); the tasks then finish.
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()

@@ -507,12 +507,15 @@ class Call:
                 ("Queue", queue.name),
                 ("Interface", member.interface),
                 ("MemberName", member.name),
-                ("RingTime", str(int((clock.now() - ring_started) * 1000))),
+                ("RingTime", str(int(ring_for * 1000))),
                 dest=agent_chan,
             )
             queue.ring_no_answer(entry, clock.now())
             clock.call_later(queue.config.retry, pbx.dispatch)
         self.emit("DialEnd", "call,all", ("DialStatus", status), dest=agent_chan)
+        if status == "NOANSWER":
+            # Asterisk also ends the outgoing leg's dial as CANCEL when it hangs it up.
+            self.emit("DialEnd", "call,all", ("DialStatus", "CANCEL"), dest=agent_chan)
         pbx.emit(agent_chan.event("Hangup", "call,all", ("Cause", "0"), ("Cause-txt", "Unknown")))
         pbx.device_changed(member.state_interface, "NOT_INUSE")
         pbx.dispatch()

@@ -1,0 +1,107 @@
+"""Helpers shared by the simulated-PBX tests: a scripted FastAGI responder and an AMI reader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from routing.ami import AmiMessage, AmiParser, encode_action
+
+
+@dataclass
+class AgiResponder:
+    """A FastAGI server that sends ``commands`` in order and records the raw bytes it gets back."""
+
+    commands: Sequence[str] = ()
+    envs: list[bytes] = field(default_factory=list)
+    replies: list[bytes] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        env = b""
+        while not env.endswith(b"\n\n"):
+            line = await reader.readline()
+            if not line:
+                break
+            env += line
+        self.envs.append(env)
+        for command in self.commands:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            self.replies.append(await read_reply(reader))
+        writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    """One reply as raw bytes, with a leading unsolicited HANGUP line and whole 520 blocks."""
+    received = b""
+    while True:
+        line = await reader.readline()
+        received += line
+        if not line or (line != b"HANGUP\n" and not line.startswith(b"520-")):
+            return received
+        if line.startswith(b"520-"):
+            while not line.startswith(b"520 ") and line:
+                line = await reader.readline()
+                received += line
+            return received
+
+
+class AmiReader:
+    """A tiny AMI client for the tests: sends actions, collects every message received."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = AmiParser()
+        self.messages: list[AmiMessage] = []
+        self.raw = b""
+
+    @classmethod
+    async def connect(
+        cls, port: int, user: str = "guichet", secret: str = "secret", events: str = "on"
+    ) -> AmiReader:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        await client.action("Login", [("Username", user), ("Secret", secret), ("Events", events)], "login")
+        return client
+
+    async def action(self, name: str, headers: Sequence[tuple[str, str]], action_id: str) -> AmiMessage:
+        self.writer.write(encode_action(name, headers, action_id))
+        await self.writer.drain()
+        return await self.wait_for(lambda m: m.kind == "response" and m.action_id == action_id)
+
+    async def wait_for(self, predicate: object, timeout: float = 10.0) -> AmiMessage:
+        async def _wait() -> AmiMessage:
+            index = 0
+            while True:
+                while index < len(self.messages):
+                    message = self.messages[index]
+                    index += 1
+                    if predicate(message):  # type: ignore[operator]
+                        return message
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("AMI closed")
+                self.raw += data
+                self.messages.extend(self.parser.feed(data))
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    def events(self, *names: str) -> list[AmiMessage]:
+        return [m for m in self.messages if m.kind == "event" and (not names or m.name in names)]
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
