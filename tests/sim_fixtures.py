@@ -82,7 +82,7 @@ class AmiReader:
         await self.writer.drain()
         return await self.wait_for(lambda m: m.kind == "response" and m.action_id == action_id)
 
-    async def wait_for(self, predicate: object, timeout: float = 10.0) -> AmiMessage:
+    async def wait_for(self, predicate: object, limit_s: float = 10.0) -> AmiMessage:
         async def _wait() -> AmiMessage:
             index = 0
             while True:
@@ -97,7 +97,7 @@ class AmiReader:
                 self.raw += data
                 self.messages.extend(self.parser.feed(data))
 
-        return await asyncio.wait_for(_wait(), timeout)
+        return await asyncio.wait_for(_wait(), limit_s)
 
     def events(self, *names: str) -> list[AmiMessage]:
         return [m for m in self.messages if m.kind == "event" and (not names or m.name in names)]
