@@ -1,0 +1,106 @@
+"""The ``guichet`` command: ``serve`` (against a real Asterisk) and ``demo`` (against the simulated PBX)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from guichet.config import ConfigError, Settings, load_settings
+from guichet.demo import DemoOptions, run_demo
+from guichet.engine import Engine, set_event_loop_policy
+
+logger = logging.getLogger("guichet")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guichet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the engine against a real Asterisk 22")
+    serve.add_argument("--config", type=Path, help="TOML configuration file (default: embedded defaults)")
+
+    demo = commands.add_parser("demo", help="run the engine against the simulated PBX, callers and agents")
+    defaults = DemoOptions()
+    demo.add_argument("--speed", type=_positive, default=defaults.speed, help="simulated time factor")
+    demo.add_argument("--calls", type=_count, help="stop after this many calls (default: until Ctrl-C)")
+    demo.add_argument("--duration", type=_positive, help="stop placing calls after this many real seconds")
+    demo.add_argument(
+        "--rate", type=_positive, default=defaults.rate_per_min, help="calls per simulated minute"
+    )
+    demo.add_argument("--agents", type=_count, default=defaults.agents, help="simulated agents (1-4)")
+    demo.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the callers' and agents' draws"
+    )
+    demo.add_argument("--summary-every", type=_positive, default=defaults.summary_every_s, help="seconds")
+    demo.add_argument("--agi-port", type=int, default=defaults.agi_port, help="FastAGI port (0: a free one)")
+    return parser
+
+
+async def serve(settings: Settings) -> None:
+    engine = Engine(settings, settings.ami_secret())
+    try:
+        await engine.start()
+        for line in engine.addresses():
+            logger.info("%s", line)
+        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+    finally:
+        await engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            settings = load_settings(args.config)
+            settings.ami_secret()  # fail fast, before anything listens
+            set_event_loop_policy(settings)
+            asyncio.run(serve(settings))
+        else:
+            if not 1 <= args.agents <= 4:
+                raise ConfigError(f"--agents: the demo has 1 to 4 agents, not {args.agents}")
+            options = DemoOptions(
+                speed=args.speed,
+                calls=args.calls,
+                duration_s=args.duration,
+                rate_per_min=args.rate,
+                agents=args.agents,
+                seed=args.seed,
+                summary_every_s=args.summary_every,
+                agi_port=args.agi_port,
+            )
+            set_event_loop_policy(load_settings(None))
+            asyncio.run(run_demo(options, sys.stdout))
+    except ConfigError as exc:
+        print(f"guichet: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("guichet: stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
