@@ -15,6 +15,7 @@ from pathlib import Path
 import uvloop
 
 from bench import ami, fastagi, report
+from bench.client import CLIENT_CPUS, SERVER_CPUS, pin_client
 from bench.flow import load_env_block
 from tests.conftest import captures_path
 
@@ -67,6 +68,7 @@ def settings_for(args: argparse.Namespace) -> tuple[fastagi.Settings, int, int]:
 
 async def measure(args: argparse.Namespace) -> str:
     captures = captures_path()
+    pin_client()
     settings, replays, ami_reps = settings_for(args)
     started = time.monotonic()
     rows = await fastagi.run(load_env_block(captures), REPO, settings)
@@ -77,7 +79,8 @@ async def measure(args: argparse.Namespace) -> str:
         f"run: {settings.sessions} sessions x {reps} repetitions at {settings.concurrency} at a time, "
         f"{settings.sequential_sessions} x {reps} one at a time, "
         f"{settings.pyst2_sessions} process-per-call calls per mode, "
-        f"AMI corpus {len(corpus):,} bytes x {replays}; took {time.monotonic() - started:.0f} s"
+        f"AMI corpus {len(corpus):,} bytes x {replays}; load client on CPU {sorted(CLIENT_CPUS)}, "
+        f"servers on CPU {sorted(SERVER_CPUS)}; took {time.monotonic() - started:.0f} s"
     )
     return report.render(report.machine(), settings_text, rows, ami_results)
 

@@ -31,6 +31,23 @@ _STEP_TOKENS = tuple(step.tokens for step in STEPS)
 _STEP_REPLIES = tuple(step.reply for step in STEPS)
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """CPUs for the load client and for the servers: kept apart when there are 2 or more, so that a
+    server never shares its core with the client (the figures vary much less)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[0]}, set(cpus[1:])
+
+
+CLIENT_CPUS, SERVER_CPUS = split_cpus()
+
+
+def pin_client() -> None:
+    """Keep this process (the load client) on its own CPU; servers and per-call processes get the others."""
+    os.sched_setaffinity(0, CLIENT_CPUS)
+
+
 class FlowError(Exception):
     """A server did not follow the flow (wrong command, too many or too few, early close)."""
 
@@ -152,6 +169,7 @@ def _spawn_pyst2(cost: ProcessCost) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     cost.spawn_ns += time.thread_time_ns() - before
+    os.sched_setaffinity(proc.pid, SERVER_CPUS)
     return proc
 
 
@@ -243,16 +261,21 @@ def children_cpu_ns() -> int:
 class ServerProcess:
     """A server of ``bench.servers`` in its own process, with its CPU time readable on demand."""
 
-    def __init__(self, kind: str, loop: str, repo: Path, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, kind: str, loop: str, repo: Path, start_timeout_s: float = 30.0, profile_to: Path | None = None
+    ) -> None:
+        """``profile_to``: run the server under cProfile and write its stats there when it stops."""
         self.kind = kind
         self.loop = loop
+        profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.servers", kind, loop],
+            [sys.executable, *profiler, "-m", "bench.servers", kind, loop],
             cwd=repo,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         self.pid = self._proc.pid
+        os.sched_setaffinity(self.pid, SERVER_CPUS)
         self.port = int(self._read_reply(b"READY", start_timeout_s))
 
     def _read_reply(self, tag: bytes, timeout_s: float) -> bytes:
