@@ -17,8 +17,8 @@ STREAMS = load_streams(captures_path())
 BARE_LF_STREAM = "ami_events_member_lifecycle.raw"
 
 
-def parse_all(data: bytes, **limits: int) -> list[AmiMessage]:
-    parser = AmiParser(**limits)
+def parse_all(data: bytes) -> list[AmiMessage]:
+    parser = AmiParser()
     messages = parser.feed(data)
     parser.feed_eof()
     return messages
@@ -146,7 +146,7 @@ def test_recorded_action_replies_parse(captures_dir: Path, path_name: str) -> No
             assert received[-1].get("EventList") == "Complete"
             assert all(m.kind == "event" and m.action_id == sent[0].action_id for m in received[1:])
         if exchange.action == "Command":
-            assert received[0].get("Output", "").startswith("Asterisk GIT-22")
+            assert (received[0].get("Output") or "").startswith("Asterisk GIT-22")
 
 
 def test_lines_without_separator_go_to_the_body() -> None:
@@ -174,7 +174,7 @@ def test_message_accessors() -> None:
     with pytest.raises(KeyError):
         msg["Missing"]
     with pytest.raises(AttributeError):
-        msg.name = "other"  # type: ignore[misc]
+        msg.name = "other"
     assert msg == AmiMessage(list(msg.headers)) and hash(msg) == hash(AmiMessage(list(msg)))
     with pytest.raises(ValueError, match="Event, Response or Action"):
         AmiMessage([("Foo", "bar")])
@@ -302,9 +302,9 @@ def test_encode_error_never_shows_a_secret() -> None:
 
 
 _NAMES = st.text(
-    alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=":"), min_size=1
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), min_size=1
 )
-_VALUES = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"))
+_VALUES = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"))
 
 
 @settings(max_examples=200, deadline=None)
