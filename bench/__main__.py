@@ -26,8 +26,19 @@ DOC_INTRO = """# Benchmarks
 `make bench` (= `.venv/bin/python -m bench`) measures, in one run on 127.0.0.1, the FastAGI servers
 running the same 10-command IVR flow (ours, panoramisk, process-per-call pyst2, a bare asyncio
 Protocol as the limit) and the AMI parsers on the recorded Asterisk 22 streams.  Options:
-`--quick`, `--sessions N`, `--no-write`; see `python -m bench --help`.  This file is rewritten by
-every full run.  The targets are printed as PASS/MISS, never asserted.
+`--quick`, `--sessions N`, `--no-write`; see `python -m bench --help`.  `python -m bench.profile
+[ours|panoramisk|limit] [asyncio|uvloop]` shows where a server spends its CPU (cProfile).  This file
+is rewritten by every full run.  The targets are printed as PASS/MISS, never asserted.
+
+How to read it:
+- CPU per session is the server process's own CPU, event loop included.  At 50 at a time a server
+  that keeps up with the client wakes up for almost every message while a slower one handles several
+  per wake-up, which flatters the slower one; one at a time, every server wakes up once per command.
+- On a small shared VM the absolute figures move by tens of percent from run to run; repetitions are
+  interleaved across servers, so the ratios within one run are steadier than the absolute values.
+- The process-per-call p99 is the first command of each call: it waits for the interpreter to start.
+- panoramisk's AMI parser drops the last header of a message when its value is empty (it strips the
+  message, so `Value: ` loses its `": "`) and decodes as ASCII, dropping every non-ASCII byte.
 
 ## Latest run
 
@@ -71,6 +82,7 @@ async def measure(args: argparse.Namespace) -> str:
     pin_client()
     settings, replays, ami_reps = settings_for(args)
     started = time.monotonic()
+    machine = report.machine()
     rows = await fastagi.run(load_env_block(captures), REPO, settings)
     corpus = ami.load_corpus(captures)
     ami_results = ami.measure(corpus, replays, ami_reps)
@@ -82,7 +94,7 @@ async def measure(args: argparse.Namespace) -> str:
         f"AMI corpus {len(corpus):,} bytes x {replays}; load client on CPU {sorted(CLIENT_CPUS)}, "
         f"servers on CPU {sorted(SERVER_CPUS)}; took {time.monotonic() - started:.0f} s"
     )
-    return report.render(report.machine(), settings_text, rows, ami_results)
+    return report.render(machine, settings_text, rows, ami_results)
 
 
 def main(argv: list[str] | None = None) -> int:

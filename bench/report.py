@@ -36,8 +36,9 @@ def _version(dist: str) -> str:
 
 def machine() -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"- date: {now}\n"
+        f"- date: {now}; load average before the run: {load} (other work on the machine skews the figures)\n"
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}\n"
         f"- Python {platform.python_version()}, uvloop {_version('uvloop')}, "
         f"panoramisk {_version('panoramisk')}, pyst2 {_version('pyst2')}\n"
