@@ -275,8 +275,13 @@ class ServerProcess:
             stdout=subprocess.PIPE,
         )
         self.pid = self._proc.pid
-        os.sched_setaffinity(self.pid, SERVER_CPUS)
-        self.port = int(self._read_reply(b"READY", start_timeout_s))
+        try:
+            os.sched_setaffinity(self.pid, SERVER_CPUS)
+            self.port = int(self._read_reply(b"READY", start_timeout_s))
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
 
     def _read_reply(self, tag: bytes, timeout_s: float) -> bytes:
         assert self._proc.stdout is not None

@@ -122,7 +122,9 @@ async def run(
 
     A server that fails the flow (or cannot start) gets rows with ``error`` set; the others go on.
     """
-    modes = ((settings.concurrency, settings.sessions), (1, settings.sequential_sessions))
+    modes: list[tuple[int, int]] = [(settings.concurrency, settings.sessions)]
+    if settings.concurrency > 1:
+        modes.append((1, settings.sequential_sessions))
     rows = {(spec, conc): Row(spec, conc) for spec in specs for conc, _ in modes}
     servers: dict[ServerSpec, ServerProcess] = {}
 
