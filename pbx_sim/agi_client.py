@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ASTERISK_VERSION = "GIT-22-22.0.0-pre1-541-g69535d4837"
+SAMPLE_RATE = 8000
+# RECORD FILE with a 4000 ms timeout answered endpos=31920: the last 10 ms frame is not written.
+RECORD_SHORT_SAMPLES = 80
 DEAD_MESSAGE = "Command Not Permitted on a dead channel or intercept routine"
 # Commands Asterisk refuses once the channel is dead (res_agi.c: dead=0).
 MEDIA_COMMANDS = frozenset(
@@ -55,6 +58,7 @@ USAGE = {
     "SET VARIABLE": ("Sets a variable to the current channel.",),
     "STREAM FILE": ("Send the given file, allowing playback to be interrupted by the given digits, if any.",),
     "GET VARIABLE": ("Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set.",),
+    "RECORD FILE": ("Record to a file until a given dtmf digit in the sequence is received.",),
     "WAIT FOR DIGIT": (
         "Waits up to <replaceable>timeout</replaceable> milliseconds for channel to receive a DTMF digit.",
     ),
@@ -76,6 +80,11 @@ class CommandResult:
     @property
     def failed(self) -> bool:
         return self.code == -1
+
+
+def samples(seconds: float) -> int:
+    """Audio samples at 8 kHz (the ``endpos`` unit)."""
+    return round(seconds * SAMPLE_RATE)
 
 
 def _ok(result: int | str, data: str | None = None, endpos: int | None = None) -> CommandResult:
@@ -119,6 +128,7 @@ class AgiSession:
             "DATABASE GET": self._database_get,
             "DATABASE DEL": self._database_del,
             "SET CALLERID": self._set_callerid,
+            "RECORD FILE": self._record_file,
         }
 
     def environment(self) -> list[tuple[str, str]]:
@@ -255,7 +265,7 @@ class AgiSession:
         return _ok(0)
 
     async def _hangup(self, command: Command) -> CommandResult:
-        self.call.request_hangup(cause="16", soft=True)
+        self.call.request_hangup(cause="32", soft=True)
         return _ok(1)
 
     async def _play(self, sound: str, escape: str) -> tuple[int, str | None] | None:
@@ -266,11 +276,9 @@ class AgiSession:
         if not escape:
             if not await self.call.sleep(duration):
                 raise ChannelHungUp
-            return int(duration * 8000), None
-        started = self.call.pbx.clock.now()
+            return samples(duration), None
         digit = await self.call.read_digit(duration, accept=escape)
-        elapsed = min(duration, self.call.pbx.clock.now() - started)
-        return int(elapsed * 8000), digit
+        return samples(min(duration, self.call.last_read_s)), digit
 
     async def _stream_file(self, command: Command) -> CommandResult:
         words = command.words
@@ -285,6 +293,28 @@ class AgiSession:
         endpos, digit = played
         self.call.set_var("PLAYBACKSTATUS", "FAILED" if digit else "SUCCESS")
         return _ok(ord(digit) if digit else 0, endpos=endpos)
+
+    async def _record_file(self, command: Command) -> CommandResult:
+        """RECORD FILE file format escape timeout [offset] [BEEP] [s=silence]; nothing is written.
+
+        Silence detection is not simulated: the recording ends on an escape digit, the timeout
+        (``-1``: none) or the hangup.
+        """
+        words = command.words
+        if len(words) < 6:
+            return _usage("RECORD FILE")
+        try:
+            timeout_ms = int(words[5])
+        except ValueError:
+            return _usage("RECORD FILE")
+        try:
+            digit = await self.call.read_digit(None if timeout_ms < 0 else timeout_ms / 1000, accept=words[4])
+        except ChannelHungUp:
+            reply = AgiClientConnection.format_reply(200, -1, "hangup", samples(self.call.last_read_s))
+            return CommandResult(reply, -1, "Failure")
+        if digit is None:
+            return _ok(0, "timeout", max(0, samples(self.call.last_read_s) - RECORD_SHORT_SAMPLES))
+        return _ok(ord(digit), "dtmf", samples(self.call.last_read_s))
 
     async def _say_digits(self, command: Command) -> CommandResult:
         words = command.words
@@ -368,9 +398,9 @@ class AgiSession:
 
     async def _exec(self, command: Command) -> CommandResult:
         words = command.words
-        if len(words) < 3:
+        if len(words) < 2:
             return _usage("EXEC")
-        status = await self.call.exec_app(words[2], " ".join(words[3:]))
+        status = await self.call.exec_app(words[1], words[2] if len(words) > 2 else "")
         if status == -2:
             return CommandResult(AgiClientConnection.format_reply(200, -2), 200, "Unknown Result")
         return _ok(status)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FUNCTION = re.compile(r"^([A-Z_]+)\((.*)\)$")
+DTMF_DURATION_MS = 280  # RFC 2833 digits of the recordings (SIPp's dtmf_2833 pcaps)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Call:
         self._wait_left = self._presses[0].delay_s if self._presses else 0.0
         self._assigned: asyncio.Queue[QueueMember] = asyncio.Queue()
         self.queue_entry: QueueCaller | None = None
+        self.last_read_s = 0.0
+        self._normal_clearing = False  # Hangup() ran or a bridge ended: Hangup Cause 16, else 0
         self.in_bridge = False
 
     # --- channel helpers ------------------------------------------------------------
@@ -82,6 +85,7 @@ class Call:
             self.channel.caller_name, self.channel.caller_num = match.group(1), match.group(2)
         else:
             self.channel.caller_name, self.channel.caller_num = "", value
+        self.emit("NewCallerid", "call,all", ("CID-CallingPres", "0 (Presentation Allowed, Not Screened)"))
 
     def request_hangup(self, cause: str = "16", soft: bool = False) -> None:
         """The caller hangs up (or the AGI asked for it): every waiting coroutine wakes up."""
@@ -147,9 +151,10 @@ class Call:
         """Wait for the caller's next digit (None on timeout); raises ChannelHungUp.
 
         Presses not in ``accept`` (when given) are swallowed, as Asterisk ignores them.
+        :attr:`last_read_s` then holds the simulated seconds this read lasted, computed from
+        the script (not measured), so ``endpos`` values are exact whatever the clock speed.
         """
-        clock = self.pbx.clock
-        deadline = None if timeout_s is None else clock.now() + timeout_s
+        self.last_read_s = 0.0
         while True:
             if self.hung_up:
                 raise ChannelHungUp
@@ -159,24 +164,28 @@ class Call:
                 wait = self._wait_left
             else:
                 wait = None
-            left = None if deadline is None else max(0.0, deadline - clock.now())
-            started = clock.now()
+            left = None if timeout_s is None else max(0.0, timeout_s - self.last_read_s)
             if wait is None or (left is not None and left < wait):
                 if left is None:
                     await self.hangup_event.wait()
                     raise ChannelHungUp
-                completed = await self._timed(left)
-                if self._presses and not self._digits:
-                    self._wait_left = max(0.0, self._wait_left - (clock.now() - started))
-                if not completed:
+                if not await self._timed(left):
                     raise ChannelHungUp
+                if self._presses and not self._digits:
+                    self._wait_left = max(0.0, self._wait_left - left)
+                self.last_read_s += left
                 return None
             if not await self._timed(wait):
                 raise ChannelHungUp
+            self.last_read_s += wait
             digit = self._next_digit()
             self.emit("DTMFBegin", "dtmf,all", ("Digit", digit), ("Direction", "Received"))
             self.emit(
-                "DTMFEnd", "dtmf,all", ("Digit", digit), ("DurationMs", "120"), ("Direction", "Received")
+                "DTMFEnd",
+                "dtmf,all",
+                ("Digit", digit),
+                ("DurationMs", str(DTMF_DURATION_MS)),
+                ("Direction", "Received"),
             )
             if accept is None or digit in accept:
                 return digit
@@ -234,6 +243,7 @@ class Call:
                 ("AppData", data),
             )
             if step.app == "Hangup":
+                self._normal_clearing = True
                 self.request_hangup(soft=True)
                 return
             if step.app == "GotoIf":
@@ -278,11 +288,23 @@ class Call:
         return 0
 
     def _finish(self) -> None:
+        """The channel goes away: Hangup, then the caller's (unregistered) device is UNAVAILABLE.
+
+        As recorded: after Hangup() or a bridged call, ``Hangup`` carries Cause 16; a channel
+        that left the dialplan already hung up (caller, AGI HANGUP, AMI Hangup) first gets the
+        PBX's own ``SoftHangupRequest`` (Cause 16), then ``Hangup`` with Cause 0 (Unknown).
+        """
         if self.channel.hung_up:
             return
         self.channel.hung_up = True
-        self.emit("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing"))
-        self.pbx.device_changed(f"PJSIP/{self.script.endpoint}", "NOT_INUSE")
+        if self._normal_clearing or not self.hung_up:
+            cause = ("16", "Normal Clearing")
+        else:
+            self.emit("SoftHangupRequest", "call,all", ("Cause", "16"))
+            cause = ("0", "Unknown")
+        self.hangup_event.set()
+        self.emit("Hangup", "call,all", ("Cause", cause[0]), ("Cause-txt", cause[1]))
+        self.pbx.device_changed(f"PJSIP/{self.script.endpoint}", "UNAVAILABLE")
         self.pbx.call_ended(self)
 
     # --- Queue() ------------------------------------------------------------------------
@@ -596,6 +618,7 @@ class Call:
         pbx.emit(agent_chan.event("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing")))
         queue.record_complete(member, talked, in_sl, ended)
         pbx.member_call_done(member)
+        self._normal_clearing = True
         self.request_hangup(soft=True)
         return "connected"
 

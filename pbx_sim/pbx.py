@@ -15,7 +15,7 @@ from pbx_sim.app_queue import CallQueue, DeviceStatus, QueueConfig, QueueError, 
 from pbx_sim.call import DEVICE_STATES, Call, CallOutcome
 from pbx_sim.channels import AmiEvent, Channel, ChannelFactory, ChannelState
 from pbx_sim.clock import SimClock
-from pbx_sim.dialplan import INBOUND_CONTEXT, Dialplan, inbound_dialplan
+from pbx_sim.dialplan import Dialplan, inbound_dialplan
 from pbx_sim.scenario import CallerScript, Delay, SimAgent, as_delay
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class SimConfig:
     )  # "Tech/data" -> answer|noanswer|busy|nosuch
     callback_talk_time: float | Delay = 30.0
     epoch: float | None = None
+    agi_thread_id: int = 140342399125184  # agi_threadid of every FastAGI session (as recorded)
 
     def __post_init__(self) -> None:
         for target, outcome in self.originate_outcomes.items():
@@ -76,7 +77,6 @@ class SimulatedPbx:
         self._factory: ChannelFactory
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
-        self._thread_id = 140342399125184
         self._server: AmiServer | None = None
         self._started = False
 
@@ -227,10 +227,10 @@ class SimulatedPbx:
         """Start an inbound call at once; the handle's ``finished`` resolves with its outcome."""
         if not self._started:
             raise RuntimeError("start() the simulated PBX before placing calls")
-        chan = self._factory.pjsip(script.endpoint, INBOUND_CONTEXT, script.dnid)
+        chan = self._factory.pjsip(script.endpoint, script.context, script.dnid)
         chan.state = ChannelState.RING
         chan.caller_num, chan.caller_name = script.number, script.name
-        call = Call(self, script, chan, self._thread_id)
+        call = Call(self, script, chan, self.config.agi_thread_id)
         self.calls[chan.name] = call
         task = self._spawn(call.run())
         loop = asyncio.get_running_loop()

@@ -15,6 +15,8 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pbx_sim.dialplan import INBOUND_CONTEXT
+
 
 @dataclass(frozen=True)
 class Delay:
@@ -68,6 +70,7 @@ class CallerScript:
     keys: Sequence[KeyPress | tuple[float, str]] = ()
     hangup_after_s: float | None = None  # from the start of the call; None = waits as long as needed
     endpoint: str = "citizen"
+    context: str = INBOUND_CONTEXT  # where the call enters the dialplan (extension = dnid)
 
     def key_presses(self) -> list[KeyPress]:
         return [k if isinstance(k, KeyPress) else KeyPress(float(k[0]), k[1]) for k in self.keys]
