@@ -10,7 +10,9 @@ The AMI events of the IVR calls are compared with the recorded streams the same 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from pbx_sim import (
     SimConfig,
     SimulatedPbx,
     Step,
+    inbound_dialplan,
 )
 from routing.ami import AmiMessage, AmiParser
 from tests.agi_transcripts import Transcript, load_transcripts
@@ -348,3 +351,164 @@ async def test_ivr_call_events_match_recording(name: str, captures_dir: Path, ru
     starts = [m.get("CommandId") for m in ours if m.name == "AGIExecStart"]
     ends = [m.get("CommandId") for m in ours if m.name == "AGIExecEnd"]
     assert starts == ends and len(set(starts)) == len(starts) == len(transcript.exchanges)
+
+
+# --- FastAGI server down, closing at once, or stalling (round 2, scenario 7) ------------------------
+def free_port() -> int:
+    """A port where nothing listens (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def fallback_call(url_port: int) -> CallOutcome:
+    """A citizen's call through the inbound flow, its IVR at ``url_port``."""
+    dialplan = inbound_dialplan(f"agi://127.0.0.1:{url_port}", fallback_queue="general")
+    config = SimConfig(
+        agi_port=url_port,
+        speed=SPEED,
+        dialplan=dialplan,
+        queues=(QueueConfig("general", joinempty="no"),),
+        sounds=SOUNDS | {"guichet/service-indisponible": 2.0},
+    )
+    async with SimulatedPbx(config) as pbx:
+        return await pbx.place_call(CallerScript("0612345678", "Citizen")).finished
+
+
+FALLBACK = ["from-citizens,3900,5:Playback", "from-citizens,3900,6:Queue"]
+
+
+async def test_engine_down_gives_failure_and_the_fallback() -> None:
+    outcome = await fallback_call(free_port())
+    assert outcome.agistatus == "FAILURE"
+    assert outcome.path[4:6] == FALLBACK
+    assert outcome.queuestatus == "JOINEMPTY"
+
+
+async def test_accept_then_close_gives_success_and_the_fallback(captures_dir: Path) -> None:
+    accepted: list[bool] = []
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(True)
+        writer.close()
+
+    assert transcripts(captures_dir)["agi_agi_server_down_accept-close_10"].accepted_only
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    try:
+        outcome = await fallback_call(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert accepted == [True]
+    assert outcome.agistatus == "SUCCESS"  # an EOF before any command reads as a finished script
+    assert outcome.path[4:6] == FALLBACK
+
+
+class StallServer:
+    """Reads everything, never sends a command; closes only when told to (or at Asterisk's EOF)."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.hangup_seen = asyncio.Event()
+        self.release = asyncio.Event()
+        self.done = asyncio.Event()
+        self.pbx_closed = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        release = asyncio.ensure_future(self.release.wait())
+        while True:
+            read = asyncio.ensure_future(reader.read(4096))
+            await asyncio.wait((read, release), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                break
+            data = read.result()
+            if not data:
+                self.pbx_closed = True
+                break
+            self.received += data
+            if b"\n\nHANGUP\n" in self.received:
+                self.hangup_seen.set()
+        release.cancel()
+        writer.close()
+        self.done.set()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+FAILSAFE = (
+    Step("Answer"),
+    Step("Set", "T0=${STRFTIME(,,%s.%6q)}"),
+    Step("AGI", f"{AGI}/ivr"),
+    Step("Set", "T1=${STRFTIME(,,%s.%6q)}"),
+    Step("NoOp", "RESULT stall: AGISTATUS=${AGISTATUS}"),
+    Step("Hangup"),
+)
+
+
+async def stall_call(transcript: Transcript, steps: tuple[Step, ...], server: StallServer) -> SimulatedPbx:
+    await server.start()
+    url = f"agi://127.0.0.1:{server.port}"
+    config = SimConfig(
+        agi_port=server.port,
+        speed=SPEED,
+        dialplan=Dialplan({"agi-failsafe": {"_80X": with_agi(steps, url)}}),
+        epoch=recorded_epoch(transcript),
+        agi_thread_id=int(env_value(transcript.env_bytes, "threadid")),
+    )
+    pbx = SimulatedPbx(config)
+    await pbx.start()
+    return pbx
+
+
+def stall_script(transcript: Transcript) -> CallerScript:
+    dnid = env_value(transcript.env_bytes, "dnid").decode()
+    return CallerScript("sipp", "sipp", dnid, hangup_after_s=3.5, endpoint="sipp", context="agi-failsafe")
+
+
+async def test_stalling_server_holds_the_call_until_it_closes(captures_dir: Path) -> None:
+    transcript = transcripts(captures_dir)["agi_agi_server_down_stall_11"]
+    server = StallServer()
+    pbx = await stall_call(transcript, FAILSAFE, server)
+    try:
+        handle = pbx.place_call(stall_script(transcript))
+        await server.hangup_seen.wait()
+        await asyncio.sleep(pbx.clock.real_delay(5.0))  # the recorded listener kept the socket 5 s more
+        assert not handle.finished.done()  # no read timeout on the PBX side
+        server.release.set()
+        outcome = await handle.finished
+    finally:
+        await pbx.stop()
+        await server.stop()
+    assert outcome.agistatus == "HANGUP"
+    assert not server.pbx_closed
+    pairs = replacements(transcript.env_bytes, server.received.split(b"\n\n")[0] + b"\n\n")
+    assert server.received == env_mapped(transcript.asterisk_bytes(), pairs)
+
+
+async def test_agiexitonhangup_closes_the_socket_at_the_hangup(captures_dir: Path) -> None:
+    transcript = transcripts(captures_dir)["agi_agi_server_down_stall_12"]
+    steps = (FAILSAFE[0], Step("Set", "AGIEXITONHANGUP=yes"), *FAILSAFE[1:])
+    server = StallServer()
+    pbx = await stall_call(transcript, steps, server)
+    try:
+        outcome = await pbx.place_call(stall_script(transcript)).finished
+        await server.done.wait()
+    finally:
+        server.release.set()
+        await pbx.stop()
+        await server.stop()
+    assert outcome.agistatus == "HANGUP"
+    assert transcript.asterisk_eof and server.pbx_closed
+    pairs = replacements(transcript.env_bytes, server.received.split(b"\n\n")[0] + b"\n\n")
+    assert server.received == env_mapped(transcript.asterisk_bytes(), pairs)
