@@ -1,10 +1,11 @@
 """Asterisk's AMI side: an asyncio server speaking AMI 11 like the recordings.
 
-Banner, Login (``Authentication accepted`` / ``Authentication failed``), FullyBooted after
-login, Events on/off, Ping, Logoff, CoreShowChannels, QueueStatus, QueueSummary (list
-replies: EventList start, items with ActionID last and no Privilege, ...Complete with
-ListItems), QueueAdd/Remove/Pause/Penalty, QueueChangePriorityCaller, Originate (async:
-Success at once, then OriginateResponse), Hangup, unknown action error.
+Banner, Login (``Authentication accepted`` / ``Authentication failed``, then the session
+ends), FullyBooted after login, Events on/off, Ping, CoreStatus, CoreSettings, Logoff,
+CoreShowChannels, QueueStatus, QueueSummary (list replies: EventList start, items with
+ActionID last and no Privilege, ...Complete with ListItems), QueueAdd/Remove/Pause/Penalty,
+QueueChangePriorityCaller, Originate (async: Success at once, then OriginateResponse),
+Hangup, unknown action error.  The events an action causes follow its reply.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pbx_sim.agi_client import ASTERISK_VERSION
 from pbx_sim.app_queue import QueueError
 from pbx_sim.channels import AmiEvent, Headers
 from routing.ami import AmiMessage, AmiParser, encode_message
@@ -26,6 +29,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+CORE_SETTINGS = (
+    ("AMIversion", "11.0.0"),
+    ("AsteriskVersion", ASTERISK_VERSION),
+    ("SystemName", ""),
+    ("CoreMaxCalls", "0"),
+    ("CoreMaxLoadAvg", "0.000000"),
+    ("CoreRunUser", ""),
+    ("CoreRunGroup", ""),
+    ("CoreMaxFilehandles", "0"),
+    ("CoreRealTimeEnabled", "No"),
+    ("CoreCDRenabled", "Yes"),
+    ("CoreHTTPenabled", "No"),
+    ("SoundsSearchCustomDir", "No"),
+)
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 
 
@@ -91,6 +108,8 @@ class AmiSession:
                     parser.feed_eof()
                     break
                 for message in parser.feed(data):
+                    if self.closing:
+                        break
                     self.handle(message)
                 await self.writer.drain()
         except (AmiProtocolError, ConnectionError) as exc:
@@ -114,20 +133,26 @@ class AmiSession:
                 f"Invalid/unknown command: {action}. Use Action: ListCommands to show available commands.",
             )
             return
-        try:
-            handler(message)
-        except QueueError as exc:
-            self.error(message, str(exc))
-        except ValueError as exc:
-            self.error(message, str(exc))
+        # Asterisk publishes an action's events through stasis: they follow its reply.
+        with self.server.events_after_reply():
+            try:
+                handler(message)
+            except QueueError as exc:
+                self.error(message, str(exc))
+            except ValueError as exc:
+                self.error(message, str(exc))
 
     # --- session ---------------------------------------------------------------------
     def _action_login(self, message: AmiMessage) -> None:
         user = message.get("Username") or ""
         secret = self.server.users.get(user)
+        if self.authenticated:
+            self.success(message, "Already authenticated")
+            return
         if secret is None or secret != (message.get("Secret") or ""):
             logger.info("AMI login refused for user %r", user)
             self.error(message, "Authentication failed")
+            self.closing = True  # manager.c ends the session after a failed login
             return
         self.authenticated = True
         events = (message.get("Events") or "on").strip().lower()
@@ -151,6 +176,23 @@ class AmiSession:
 
     def _action_ping(self, message: AmiMessage) -> None:
         self.reply(message, "Success", ("Ping", "Pong"), ("Timestamp", f"{self.pbx.clock.now():.6f}"))
+
+    def _action_corestatus(self, message: AmiMessage) -> None:
+        started = time.localtime(self.server.started_at)
+        date, clock = time.strftime("%Y-%m-%d", started), time.strftime("%H:%M:%S", started)
+        self.reply(
+            message,
+            "Success",
+            ("CoreStartupDate", date),
+            ("CoreStartupTime", clock),
+            ("CoreReloadDate", date),
+            ("CoreReloadTime", clock),
+            ("CoreCurrentCalls", str(len(self.pbx.calls))),
+            ("CoreProcessedCalls", str(self.pbx.processed_calls)),
+        )
+
+    def _action_coresettings(self, message: AmiMessage) -> None:
+        self.reply(message, "Success", *CORE_SETTINGS)
 
     def _action_events(self, message: AmiMessage) -> None:
         mask = (message.get("EventMask") or "").strip().lower()
@@ -358,6 +400,7 @@ class AmiServer:
         self.started_at = 0.0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: list[AmiEvent] | None = None
 
     async def start(self) -> None:
         self.started_at = self.pbx.clock.now()
@@ -376,7 +419,24 @@ class AmiServer:
             self.track(task)
         await session.run()
 
+    @contextlib.contextmanager
+    def events_after_reply(self) -> Iterator[None]:
+        """Hold the events broadcast inside the block; send them when it ends."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for event in held:
+                self.broadcast(event)
+
     def broadcast(self, event: AmiEvent) -> None:
+        if self._held is not None:
+            self._held.append(event)
+            return
         headers = event.to_headers()
         for session in list(self.sessions):
             if session.authenticated and session.events:

@@ -173,6 +173,13 @@ class QueueMember:
         return self.status not in (DeviceStatus.UNAVAILABLE, DeviceStatus.INVALID)
 
     @property
+    def available(self) -> bool:
+        """app_queue's ``is_member_available``: what ``Queue:<queue>_avail`` follows."""
+        if not self.logged_in or self.paused:
+            return False
+        return self.ringinuse or self.status in (DeviceStatus.NOT_INUSE, DeviceStatus.UNKNOWN)
+
+    @property
     def free(self) -> bool:
         """Device available and not paused (QUEUE_MEMBER(q,free), QueueSummary Available)."""
         return self.status in (DeviceStatus.NOT_INUSE, DeviceStatus.UNKNOWN) and not self.paused
@@ -407,6 +414,10 @@ class CallQueue:
             ("TalkTime", str(self.talktime)),
             ("LongestHoldTime", str(longest)),
         ]
+
+    def avail_state(self) -> str:
+        """State of the ``Queue:<name>_avail`` device: NOT_INUSE when a member is available."""
+        return "NOT_INUSE" if any(m.available for m in self.members.values()) else "INUSE"
 
     def member_function(self, option: str, now: float, interface: str = "") -> int:
         """``QUEUE_MEMBER(queue,option[,interface])``: logged, free, ready, count, paused, penalty."""

@@ -79,6 +79,8 @@ class SimulatedPbx:
         self._timers: list[asyncio.TimerHandle] = []
         self._server: AmiServer | None = None
         self._started = False
+        self.processed_calls = 0  # CoreStatus CoreProcessedCalls: inbound calls placed
+        self._queue_devices: dict[str, str] = {}  # Queue:<q>_avail / Queue:<q>_pause_<iface> states
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -87,6 +89,10 @@ class SimulatedPbx:
         self.clock.start()
         self._factory = ChannelFactory(self.clock)
         self.queues = QueueSystem(self.config.queues, self.clock.now())
+        for queue in self.queues.queues.values():  # states at load: no event
+            self._queue_devices[f"Queue:{queue.name}_avail"] = queue.avail_state()
+            for member in queue.members.values():
+                self._queue_devices[_pause_device(queue, member)] = _pause_state(member)
         self._server = AmiServer(self, self.config.ami_host, self.config.ami_port, self.config.ami_users)
         await self._server.start()
         self._started = True
@@ -162,13 +168,25 @@ class SimulatedPbx:
 
     # --- devices and members -----------------------------------------------------------
     def device_changed(self, device: str, state: str) -> None:
-        """A device changed state: DeviceStateChange, then QueueMemberStatus for its members."""
+        """A device changed state: DeviceStateChange, QueueMemberStatus for its members, then
+        ``Queue:<queue>_avail`` where it changed."""
         status = DEVICE_STATES[state]
         if self.queues.device_status(device) == status and device in self.queues.devices:
             return
         self.emit(AmiEvent("DeviceStateChange", "call,all", (("Device", device), ("State", state))))
         for queue, member in self.queues.set_device_state(device, status):
             self.emit_member("QueueMemberStatus", queue, member)
+            self.update_avail(queue)
+
+    def queue_device(self, device: str, state: str) -> None:
+        """app_queue's pseudo-devices: DeviceStateChange only when the state changes."""
+        if self._queue_devices.get(device) == state:
+            return
+        self._queue_devices[device] = state
+        self.emit(AmiEvent("DeviceStateChange", "call,all", (("Device", device), ("State", state))))
+
+    def update_avail(self, queue: CallQueue) -> None:
+        self.queue_device(f"Queue:{queue.name}_avail", queue.avail_state())
 
     def add_agent(self, agent: SimAgent) -> None:
         """Register the agent's softphone (device NOT_INUSE) and add its static memberships."""
@@ -231,6 +249,7 @@ class SimulatedPbx:
         chan.state = ChannelState.RING
         chan.caller_num, chan.caller_name = script.number, script.name
         call = Call(self, script, chan, self.config.agi_thread_id)
+        self.processed_calls += 1
         self.calls[chan.name] = call
         task = self._spawn(call.run())
         loop = asyncio.get_running_loop()
@@ -254,8 +273,12 @@ class SimulatedPbx:
 
     # --- AMI actions (queues) -----------------------------------------------------------
     def queue_add(self, queue: str, interface: str, **kwargs: Any) -> None:
+        """QueueAdd: the member's pause device, QueueMemberAdded, then the queue's avail device."""
         member = self.queues.add_member(queue, interface, self.clock.now(), **kwargs)
-        self.emit_member("QueueMemberAdded", self.queues.queue(queue), member)
+        call_queue = self.queues.queue(queue)
+        self.queue_device(_pause_device(call_queue, member), _pause_state(member))
+        self.emit_member("QueueMemberAdded", call_queue, member)
+        self.update_avail(call_queue)
         self.dispatch()
 
     def queue_remove(self, queue: str, interface: str) -> None:
@@ -264,9 +287,13 @@ class SimulatedPbx:
             raise QueueError("Not a dynamic member")
         removed = self.queues.remove_member(queue, interface)
         self.emit_member("QueueMemberRemoved", self.queues.queue(queue), removed)
+        self.update_avail(self.queues.queue(queue))
 
     def queue_pause(self, interface: str, paused: bool, reason: str, queue: str | None) -> None:
+        """QueuePause: per queue, the pause device, the avail device, then QueueMemberPause."""
         for q, member in self.queues.set_paused(interface, paused, reason, self.clock.now(), queue):
+            self.queue_device(_pause_device(q, member), _pause_state(member))
+            self.update_avail(q)
             self.emit_member("QueueMemberPause", q, member)
         self.dispatch()
 
@@ -401,6 +428,14 @@ class SimulatedPbx:
             },
             "calls": len(self.calls),
         }
+
+
+def _pause_device(queue: CallQueue, member: QueueMember) -> str:
+    return f"Queue:{queue.name}_pause_{member.interface}"
+
+
+def _pause_state(member: QueueMember) -> str:
+    return "INUSE" if member.paused else "NOT_INUSE"
 
 
 def _split_callerid(value: str) -> tuple[str, str]:
