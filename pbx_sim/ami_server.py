@@ -251,7 +251,7 @@ class AmiSession:
             self.success(message, "Originate successfully queued")
             self.pbx.originate(headers, variables, message.action_id)
             return
-        task = asyncio.ensure_future(self.pbx.originate_now(headers, variables, None))
+        task = asyncio.ensure_future(self.pbx.originate_now(headers, variables, None, report=False))
         self.server.track(task)
 
         def _done(done: asyncio.Task[bool]) -> None:

@@ -312,11 +312,18 @@ class SimulatedPbx:
     # --- Originate ----------------------------------------------------------------------
     def originate(self, headers: Mapping[str, str], variables: Sequence[str], action_id: str | None) -> None:
         """Async Originate: the outcome comes later as OriginateResponse."""
-        self._spawn(self.originate_now(headers, variables, action_id))
+        self._spawn(self.originate_now(headers, variables, action_id, report=True))
 
     async def originate_now(
-        self, headers: Mapping[str, str], variables: Sequence[str], action_id: str | None
+        self,
+        headers: Mapping[str, str],
+        variables: Sequence[str],
+        action_id: str | None,
+        *,
+        report: bool,
     ) -> bool:
+        """Place the call; True when answered.  ``report``: emit OriginateResponse (Async only:
+        a synchronous Originate's reply is its only outcome, as recorded)."""
         target = headers.get("Channel", "")
         tech, _, resource = target.partition("/")
         context = headers.get("Context", "")
@@ -378,7 +385,8 @@ class SimulatedPbx:
             for c in created:
                 c.state = ChannelState.UP
                 self.emit(c.event("Newstate", "call,all"))
-        self.emit(AmiEvent("OriginateResponse", "call,all", tuple(response)))
+        if report:
+            self.emit(AmiEvent("OriginateResponse", "call,all", tuple(response)))
         if success:
             await self.clock.sleep(self.sample(self.config.callback_talk_time))
         for c in reversed(created):
