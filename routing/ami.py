@@ -19,9 +19,9 @@ Decisions on the odd bytes:
 
 * **Stray bare LF.** A PJSIPShowContacts error reply carries ``Message: No Contacts found\\n\\r\\n\\r\\n``
   (round 2, member_lifecycle).  Only CRLF CRLF ends a message (so that reply stays one message and the
-  next one is untouched); inside a message a bare LF (or bare CR) ends a line like CRLF does, which is
-  how Asterisk's own manager reads lines, and the blank line it leaves is dropped.  The value above is
-  therefore ``No Contacts found``.
+  next one is untouched); inside a message a bare LF ends a line like CRLF does (Asterisk's own
+  manager reads lines up to LF and strips one CR), and the blank line it leaves is dropped.  The
+  value above is therefore ``No Contacts found``.  A bare CR stays in its value.
 * **Lines without ``": "``** (the old ``Response: Follows`` command output, ``--END COMMAND--``) are kept,
   in order, in :attr:`AmiMessage.body`; a line ``Name:`` with nothing after the colon is a header with
   an empty value.  Empty lines before a message (stray CRLFs) are skipped.
@@ -33,8 +33,9 @@ Decisions on the odd bytes:
   :meth:`AmiParser.feed_eof`.
 
 Speed: the parser works on whole chunks: one ``rfind`` of CRLF CRLF from a remembered offset, one
-check for NUL / bare CR / bare LF, one decode and one ``split`` into messages; each message then costs
-a slice of its first line and a small object.  Headers are split on first use (see AmiMessage).
+check for NUL and bare LF, one decode and one ``split`` into messages; then per message one
+``split`` into lines and one comprehension over ``str.partition`` (C-level ``map``), building the
+tuple of pairs directly; the message object is filled through its slot descriptors.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ _KINDS: Final[dict[str, MessageKind]] = {H_EVENT: "event", H_RESPONSE: "response
 _KINDS_LOWER: Final[dict[str, MessageKind]] = {k.lower(): v for k, v in _KINDS.items()}
 _MASKED: Final = "********"
 _TERMINATOR: Final = b"\r\n\r\n"
+_SEP: Final = ": "
 
 
 class AmiMessage:
@@ -79,31 +81,24 @@ class AmiMessage:
 
     Immutable.  ``kind`` is ``"event"``, ``"response"`` or ``"action"`` and ``name`` the value of the
     first Event / Response / Action header.  ``body`` holds the lines that were not ``Name: value``.
-
-    A message read from the wire keeps its decoded text and splits it into headers on first use
-    (``headers``, ``get``...): the client routes most events by ``name`` alone, and many of them
-    (VarSet, Newexten) reach no subscriber at all.
+    ``get`` and ``[]`` use a case-insensitive dict built on first use.
     """
 
-    __slots__ = ("_body", "_headers", "_index", "_text", "kind", "name")
+    __slots__ = ("_index", "body", "headers", "kind", "name")
 
+    headers: tuple[Header, ...]
+    body: tuple[str, ...]
     kind: MessageKind
     name: str
-    _text: str
-    _headers: tuple[Header, ...]
-    _body: tuple[str, ...]
     _index: dict[str, str]
 
     def __init__(self, headers: Iterable[Header], body: Iterable[str] = ()) -> None:
         """Build a message from headers (a simulated server, tests); ValueError without a kind header."""
-        hdrs = tuple((str(n), str(v)) for n, v in headers)
-        found = _find_kind(hdrs)
+        pairs = tuple((str(n), str(v)) for n, v in headers)
+        found = _find_kind(pairs)
         if found is None:
             raise ValueError("an AMI message needs an Event, Response or Action header")
-        _set_headers(self, hdrs)
-        _set_body(self, tuple(body))
-        _set_kind(self, found[0])
-        _set_name(self, found[1])
+        _init(self, pairs, tuple(body), found[0], found[1])
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"AmiMessage is immutable (cannot set {name!r})")
@@ -111,33 +106,12 @@ class AmiMessage:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"AmiMessage is immutable (cannot delete {name!r})")
 
-    @property
-    def headers(self) -> tuple[Header, ...]:
-        """Every header, in order, as ``(name, value)`` pairs with the raw (not unescaped) values."""
-        try:
-            return self._headers
-        except AttributeError:
-            headers, body = _split_lines(self._text.split("\r\n"))
-            _set_body(self, body)
-            _set_headers(self, headers)
-            return headers
-
-    @property
-    def body(self) -> tuple[str, ...]:
-        """Lines without ``": "`` (old-style command output), in order; usually empty."""
-        try:
-            return self._body
-        except AttributeError:
-            self.headers  # noqa: B018 - splits the text, which sets _body
-            return self._body
-
     def _lookup(self) -> dict[str, str]:
         try:
             return self._index
         except AttributeError:
-            index = {}
-            for hname, value in reversed(self.headers):
-                index[hname.lower()] = value
+            # Reversed, so that the first header of a repeated name wins.
+            index = {n.lower(): v for n, v in reversed(self.headers)}
             _set_index(self, index)
             return index
 
@@ -189,14 +163,21 @@ def _slot_setter(name: str) -> Callable[[AmiMessage, object], None]:
     return cast(Callable[[AmiMessage, object], None], AmiMessage.__dict__[name].__set__)
 
 
-_set_headers = _slot_setter("_headers")
-_set_body = _slot_setter("_body")
+_set_headers = _slot_setter("headers")
+_set_body = _slot_setter("body")
 _set_kind = _slot_setter("kind")
 _set_name = _slot_setter("name")
-_set_text = _slot_setter("_text")
 _set_index = _slot_setter("_index")
 _new_message = object.__new__
 _partition = str.partition
+_SEPS = repeat(_SEP)  # endless, shared by every split
+
+
+def _init(msg: AmiMessage, headers: tuple[Header, ...], body: tuple[str, ...], kind: str, name: str) -> None:
+    _set_headers(msg, headers)
+    _set_body(msg, body)
+    _set_kind(msg, kind)
+    _set_name(msg, name)
 
 
 def _find_kind(headers: Iterable[Header]) -> tuple[MessageKind, str] | None:
@@ -209,13 +190,10 @@ def _find_kind(headers: Iterable[Header]) -> tuple[MessageKind, str] | None:
 
 def _split_lines(lines: list[str]) -> tuple[tuple[Header, ...], tuple[str, ...]]:
     """Headers and body lines of a message's lines (blank lines dropped)."""
-    pairs = [(n, v) for n, s, v in map(_partition, lines, repeat(": ")) if s]
-    if len(pairs) == len(lines):
-        return tuple(pairs), ()
     headers: list[Header] = []
     body: list[str] = []
     for line in lines:
-        name, sep, value = line.partition(": ")
+        name, sep, value = line.partition(_SEP)
         if sep:
             headers.append((name, value))
         elif line.endswith(":"):
@@ -309,9 +287,8 @@ class AmiParser:
             raise AmiProtocolError("NUL byte in the AMI stream (binary garbage)")
         if len(region) > self._max_message and max(map(len, region.split(_TERMINATOR))) > self._max_message:
             raise AmiProtocolError(f"AMI message larger than {self._max_message} bytes")
-        # One C-speed check per chunk: with no bare CR or LF, every message takes the fast path.
-        crlf = region.count(b"\r\n")
-        clean = region.count(b"\n") == crlf and region.count(b"\r") == crlf
+        # One C-speed check per chunk: with no bare LF, every message takes the fast path.
+        clean = region.count(b"\n") == region.count(b"\r\n")
         blocks = region.decode("utf-8", "replace").split("\r\n\r\n")
         blocks.pop()  # the empty string after the last terminator
         max_line = self._max_line
@@ -323,21 +300,23 @@ class AmiParser:
                 raise AmiProtocolError(f"AMI header line longer than {max_line} bytes")
             if size > many_lines and text.count("\n") >= self._max_headers:
                 raise AmiProtocolError(f"AMI message with more than {self._max_headers} lines")
-            kind = None
-            if clean or text.count("\n") == text.count("\r") == text.count("\r\n"):
-                eol = text.find("\r\n")
-                hname, _sep, value = _partition(text if eol < 0 else text[:eol], ": ")
-                kind = _KINDS.get(hname)
-            if kind is not None:
-                msg = _new_message(AmiMessage)
-                _set_text(msg, text)
-                _set_kind(msg, kind)
-                _set_name(msg, value)
-                append(msg)
-            else:
-                slow = self._parse_slow(text)
-                if slow is not None:
-                    append(slow)
+            if clean or text.count("\n") == text.count("\r\n"):
+                lines = text.split("\r\n")
+                headers = [(n, v) for n, sep, v in map(_partition, lines, _SEPS) if sep]
+                if len(headers) == len(lines):
+                    first = headers[0]
+                    kind = _KINDS.get(first[0])
+                    if kind is not None:
+                        msg = _new_message(AmiMessage)  # filled inline: a helper call costs ~10 %
+                        _set_headers(msg, tuple(headers))
+                        _set_body(msg, ())
+                        _set_kind(msg, kind)
+                        _set_name(msg, first[1])
+                        append(msg)
+                        continue
+            slow = self._parse_slow(text)
+            if slow is not None:
+                append(slow)
 
     def _read_banner(self, buf: bytes) -> int:
         eol = buf.find(b"\n")
@@ -365,8 +344,8 @@ class AmiParser:
             raise AmiProtocolError("NUL byte in the AMI stream (binary garbage)")
 
     def _parse_slow(self, text: str) -> AmiMessage | None:
-        """Any line ending (CRLF, bare LF, bare CR), blank lines, body lines, kind header not first."""
-        headers, body = _split_lines(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        """CRLF or bare LF line ends, blank lines, body lines, kind header not first."""
+        headers, body = _split_lines(text.replace("\r\n", "\n").split("\n"))
         if not headers and not body:
             return None
         found = _find_kind(headers)
@@ -374,10 +353,7 @@ class AmiParser:
             first = (headers[0][0] if headers else body[0])[:40]
             raise AmiProtocolError(f"AMI message without Event, Response or Action header (starts {first!r})")
         msg = _new_message(AmiMessage)
-        _set_headers(msg, headers)
-        _set_body(msg, body)
-        _set_kind(msg, found[0])
-        _set_name(msg, found[1])
+        _init(msg, headers, body, found[0], found[1])
         return msg
 
 
