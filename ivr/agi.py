@@ -33,7 +33,7 @@ import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from ivr.errors import AgiProtocolError
 
@@ -176,9 +176,8 @@ class EnvironmentReceived:
     env: AgiEnv
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One reply of Asterisk to one command.
+class Reply(NamedTuple):
+    """One reply of Asterisk to one command (immutable; a NamedTuple, the cheapest to build).
 
     * ``code``: 200, 510, 511, 520 ...
     * ``result``: the integer after ``result=`` (``None`` when absent or not an integer, e.g.
@@ -257,14 +256,16 @@ def encode_command(*words: str) -> bytes:
     """Encode one command line (``"\\n"`` terminated UTF-8) that Asterisk splits back into ``words``."""
     if not words:
         raise ValueError("an AGI command needs at least one word")
-    if not words[0] or _NEEDS_QUOTING.search(words[0]) is not None:
+    search = _NEEDS_QUOTING.search
+    quoted = [w if w and search(w) is None else quote_arg(w) for w in words]
+    if quoted[0] is not words[0]:
         raise ValueError(
             f"invalid AGI command word {words[0][:40]!r}: pass each word of the command name "
             "separately, e.g. encode_command('GET', 'VARIABLE', name)"
         )
     if len(words) > MAX_COMMAND_ARGS:
         raise ValueError(f"AGI command has {len(words)} words; Asterisk keeps only {MAX_COMMAND_ARGS}")
-    line = " ".join([quote_arg(w) for w in words])
+    line = " ".join(quoted)
     if line[:7].lower() == "failure":
         raise ValueError("an AGI command line may not start with 'failure' (Asterisk aborts the AGI)")
     try:
@@ -341,7 +342,7 @@ class _LineReader:
             self._pos = 0
         self._buf += data
 
-    def _next_line(self) -> bytes | None:
+    def _next_line(self) -> bytearray | None:
         """The next complete line without its ``\\n``, or None (no complete line yet)."""
         buf = self._buf
         nl = buf.find(b"\n", self._scan)
@@ -354,7 +355,7 @@ class _LineReader:
         if nl - pos > self._max_line:
             raise AgiProtocolError(f"line longer than {self._max_line} bytes")
         self._pos = self._scan = nl + 1
-        return bytes(buf[pos:nl])
+        return buf[pos:nl]
 
     @property
     def _partial(self) -> bool:
@@ -391,10 +392,8 @@ class AgiServerConnection(_LineReader):
         self._max_env_bytes = max_env_bytes
         self._max_env_lines = max_env_lines
         self._max_usage_lines = max_usage_lines
-        self._env_pairs: list[tuple[str, str]] = []
-        self._env_keys: set[str] = set()
-        self._env_bytes = 0
         self._pending = 0
+        self._env_lines = 0  # newlines of an incomplete environment block, counted once
         self._multi_code = ""
         self._multi_text = ""
         self._multi_lines: list[str] | None = None
@@ -416,72 +415,89 @@ class AgiServerConnection(_LineReader):
         return data
 
     def next_event(self) -> ServerEvent | NeedData:
-        if self._error is not None:
-            raise AgiProtocolError(str(self._error))
+        if self._pos == len(self._buf) and not self._eof and self._error is None:
+            return NEED_DATA  # everything consumed: the common case after a reply
         try:
-            while True:
-                state = self._state
-                if state is _State.CLOSED:
-                    return _CONNECTION_CLOSED
+            while self._state is _State.COMMANDS:
                 line = self._next_line()
                 if line is None:
-                    if state is _State.ENV:
-                        self._check_env_size(len(self._buf) - self._pos)
-                    if self._eof:
-                        return self._at_eof()
-                    return NEED_DATA
-                event: ServerEvent | None
-                if state is _State.COMMANDS:
-                    event = self._reply_line(line.decode(_ENCODING, _ERRORS))
+                    break
+                reply = self._reply_line(line.decode(_ENCODING, _ERRORS))
+                if reply is not None:
+                    return reply
+            else:
+                if self._state is _State.ENV:
+                    event = self._read_env()
+                    if event is not None:
+                        return event
+                elif self._state is _State.CLOSED:
+                    return _CONNECTION_CLOSED
                 else:
-                    event = self._env_line(line)
-                if event is not None:
-                    return event
+                    raise AgiProtocolError(str(self._error))
+            if self._eof:
+                return self._at_eof()
+            return NEED_DATA
         except AgiProtocolError as exc:
             self._state = _State.ERROR
             self._error = exc
             raise
 
     def _at_eof(self) -> ConnectionClosed:
+        if self._state is _State.ENV and self._partial:
+            raise AgiProtocolError("EOF inside the environment block")
         if self._partial:
             raise AgiProtocolError("EOF in the middle of a line")
-        if self._state is _State.ENV and self._env_pairs:
-            raise AgiProtocolError("EOF inside the environment block")
         if self._multi_lines is not None:
             raise AgiProtocolError(f"EOF inside a multi-line {self._multi_code} reply")
         self._state = _State.CLOSED
         return _CONNECTION_CLOSED
 
-    def _check_env_size(self, more: int) -> None:
-        if self._env_bytes + more > self._max_env_bytes:
+    def _read_env(self) -> EnvironmentReceived | None:
+        """The whole environment block at once (up to the blank line), or None if incomplete."""
+        buf, pos = self._buf, self._pos
+        if buf.startswith(b"\n", pos):
+            end, text, lines = pos + 1, "", []
+        else:
+            blank = buf.find(b"\n\n", max(pos, self._scan - 1))
+            if blank < 0:
+                self._env_lines += buf.count(b"\n", self._scan)
+                self._scan = len(buf)
+                if self._scan - pos > self._max_env_bytes:
+                    raise AgiProtocolError(f"environment block larger than {self._max_env_bytes} bytes")
+                if self._scan - pos >= 4 and not buf.startswith(b"agi_", pos):
+                    raise AgiProtocolError(f"not an AGI environment block: {bytes(buf[pos : pos + 40])!r}")
+                if self._env_lines > self._max_env_lines:
+                    raise AgiProtocolError(f"environment block has more than {self._max_env_lines} lines")
+                return None
+            end = blank + 2
+            text = buf[pos:blank].decode(_ENCODING, _ERRORS)
+            lines = text.split("\n")
+        if end - pos > self._max_env_bytes:
             raise AgiProtocolError(f"environment block larger than {self._max_env_bytes} bytes")
-
-    def _env_line(self, raw: bytes) -> EnvironmentReceived | None:
-        self._env_bytes += len(raw) + 1
-        self._check_env_size(0)
-        if not raw:
-            self._state = _State.COMMANDS
-            env = AgiEnv(tuple(self._env_pairs))
-            self._env_pairs = []
-            return EnvironmentReceived(env)
-        if len(self._env_pairs) >= self._max_env_lines:
+        if len(lines) > self._max_env_lines:
             raise AgiProtocolError(f"environment block has more than {self._max_env_lines} lines")
-        line = raw.decode(_ENCODING, _ERRORS)
-        key, sep, value = line.partition(": ")
-        if not sep or not key.startswith("agi_") or len(key) == 4:
-            raise AgiProtocolError(f"malformed environment line {line[:80]!r}")
-        key = key[4:]
-        if key in self._env_keys:
-            raise AgiProtocolError(f"duplicate environment key agi_{key[:60]}")
-        self._env_keys.add(key)
-        self._env_pairs.append((key, value))
-        return None
+        parts = [line.partition(": ") for line in lines]
+        pairs = tuple([(k[4:], v) for k, sep, v in parts if sep and len(k) > 4 and k.startswith("agi_")])
+        if len(pairs) != len(lines):
+            bad = next(
+                ln
+                for ln, (k, sep, _) in zip(lines, parts, strict=True)
+                if not (sep and k[4:] and k[:4] == "agi_")
+            )
+            raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
+        env = AgiEnv(pairs)
+        if len(env) != len(pairs):
+            raise AgiProtocolError("duplicate key in the environment block")
+        self._pos = self._scan = end
+        self._state = _State.COMMANDS
+        return EnvironmentReceived(env)
 
     def _reply_line(self, line: str) -> Reply | HangupNotice | None:
         if self._multi_lines is not None:
             return self._usage_line(line)
-        if line.startswith("200 result="):
-            return self._answered(_parse_result(line))
+        if line.startswith("200 result=") and self._pending > 0:
+            self._pending -= 1
+            return _parse_result(line)
         if line == "HANGUP":
             return _HANGUP_NOTICE
         code, sep, text = line[:3], line[3:4], line[4:]
@@ -540,7 +556,8 @@ def _parse_result(line: str) -> Reply:
                     tail = before
         if len(tail) >= 2 and tail[0] == "(" and tail[-1] == ")":
             data = tail[1:-1]
-    return Reply(200, _to_int(result_text), data, endpos, data == "timeout", line[4:], (), result_text)
+    result = int(result_text) if result_text.isdigit() and result_text.isascii() else _to_int(result_text)
+    return Reply(200, result, data, endpos, data == "timeout", line[4:], (), result_text)
 
 
 # --------------------------------------------------------------------------- Asterisk side

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from ivr.agi import (
     DEFAULT_MAX_ENV_BYTES,
@@ -124,9 +124,12 @@ class AgiSession:
     def channel(self) -> str:
         return self.env.channel
 
-    async def command(self, *words: str, reply_timeout: float | None = None) -> Reply:
-        """Send one command; ``reply_timeout`` overrides the server's ``command_timeout``."""
-        return await self._proto.command(words, reply_timeout)
+    def command(self, *words: str, reply_timeout: float | None = None) -> Coroutine[Any, Any, Reply]:
+        """Send one command (``await session.command("GET", "VARIABLE", name)``);
+        ``reply_timeout`` overrides the server's ``command_timeout``.
+
+        A plain function returning the protocol's coroutine: one frame less per command."""
+        return self._proto.command(words, reply_timeout)
 
     def _hangup_or_error(self, what: str, reply: Reply) -> AgiError:
         if self.hung_up:
@@ -242,8 +245,10 @@ class _AgiProtocol(asyncio.Protocol):
         self._codec = AgiServerConnection(max_env_bytes=server.max_env_bytes)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Reply] | None = None
-        self._waiting_for = ""
+        self._waiting_for: tuple[str, ...] = ()
         self._deadline: float | None = None
+        self._session_deadline: float | None = None
+        self._session_expired = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed: AgiError | None = None
@@ -277,7 +282,7 @@ class _AgiProtocol(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
         self._deadline = None
-        self._shut(AgiHangup("the FastAGI connection is closed"))
+        self._shut("the FastAGI connection is closed")
         if self._task is None:
             self._count(self._pre_session_failure)
 
@@ -301,7 +306,7 @@ class _AgiProtocol(asyncio.Protocol):
                     self._start_session(event.env)
                 else:
                     self.hung_up = True
-                    self._shut(AgiHangup("Asterisk closed the FastAGI connection"))
+                    self._shut("Asterisk closed the FastAGI connection")
                     return
         except AgiProtocolError as exc:
             logger.warning("FastAGI protocol error on %s: %s; closing the session", self.channel, exc)
@@ -317,38 +322,36 @@ class _AgiProtocol(asyncio.Protocol):
                 "unknown FastAGI route %r for %s; closing so the dialplan continues", route[:80], self.channel
             )
             self._pre_session_failure = UNKNOWN_ROUTE
-            self._shut(AgiHangup(f"unknown route {route[:80]!r}"))
+            self._shut(f"unknown route {route[:80]!r}")
             return
         self._task = self._loop.create_task(self._run(handler, AgiSession(self, env), route))
         self._task.add_done_callback(self._task_done)
+        self._session_deadline = self._loop.time() + self._server.session_timeout
+        self._arm()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # Normally _run() has counted and closed already; a task cancelled before its first
         # step never ran its body, so it is counted and closed here.
         self._count(CANCELLED)
-        self._shut(AgiHangup("the FastAGI session is finished"))
+        self._shut("the FastAGI session is finished")
 
     async def _run(self, handler: Handler, session: AgiSession, route: str) -> None:
         outcome: str | None = None
-        scope = asyncio.timeout(self._server.session_timeout)
         try:
-            async with scope:
-                await handler(session)
+            await handler(session)
         except asyncio.CancelledError:
-            outcome = CANCELLED
-            raise
-        except TimeoutError:
-            if not scope.expired():
-                outcome = "TimeoutError"
-                logger.exception("FastAGI route %r failed on %s", route, self.channel)
-            else:
-                outcome = SESSION_TIMEOUT
-                logger.warning(
-                    "FastAGI route %r on %s exceeded session_timeout (%ss); handing the call back",
-                    route,
-                    self.channel,
-                    self._server.session_timeout,
-                )
+            # the watchdog cancels an expired session: that cancellation ends here
+            assert self._task is not None
+            if not self._session_expired or self._task.uncancel() > 0:
+                outcome = CANCELLED
+                raise
+            outcome = SESSION_TIMEOUT
+            logger.warning(
+                "FastAGI route %r on %s exceeded session_timeout (%ss); handing the call back",
+                route,
+                self.channel,
+                self._server.session_timeout,
+            )
         except AgiHangup as exc:
             outcome = type(exc).__name__
             logger.info("FastAGI route %r on %s: hangup (%s)", route, self.channel, exc)
@@ -360,7 +363,7 @@ class _AgiProtocol(asyncio.Protocol):
             logger.exception("FastAGI route %r failed on %s", route, self.channel)
         finally:
             self._count(outcome)
-            self._shut(AgiHangup("the FastAGI session is finished"))
+            self._shut("the FastAGI session is finished")
 
     # -- commands
     async def command(self, words: tuple[str, ...], reply_timeout: float | None) -> Reply:
@@ -371,56 +374,82 @@ class _AgiProtocol(asyncio.Protocol):
         data = self._codec.send_command(*words)
         waiter: asyncio.Future[Reply] = self._loop.create_future()
         self._waiter = waiter
-        self._waiting_for = _command_name(words)
-        self._set_deadline(self._server.command_timeout if reply_timeout is None else reply_timeout)
+        self._waiting_for = words
+        if reply_timeout is None:
+            # deadlines of default-timeout commands only move later: an armed watchdog is early
+            self._deadline = self._loop.time() + self._server.command_timeout
+            if self._watchdog is None:
+                self._arm()
+        else:
+            self._set_deadline(reply_timeout)
         assert self._transport is not None
         self._transport.write(data)
         try:
             reply = await waiter
         except asyncio.CancelledError:
-            self._abort(AgiHangup(f"{self._waiting_for}: cancelled while awaiting its reply"))
+            self._abort(AgiHangup(f"{_command_name(words)}: cancelled while awaiting its reply"))
             raise
         if reply.code == 200:
             return reply
         if reply.code == 511:
-            raise AgiHangup(f"{self._waiting_for}: {reply.text}", reply)
-        raise AgiCommandError(f"{self._waiting_for}: {reply.code} {reply.text}", reply)
+            raise AgiHangup(f"{_command_name(words)}: {reply.text}", reply)
+        raise AgiCommandError(f"{_command_name(words)}: {reply.code} {reply.text}", reply)
 
     # -- deadlines
+    # One timer per connection: it wakes at the earliest deadline (environment or reply, and
+    # session), and re-arms itself when the deadlines moved later meanwhile.
     def _set_deadline(self, delay: float) -> None:
-        deadline = self._loop.time() + delay
-        self._deadline = deadline
+        self._deadline = self._loop.time() + delay
+        self._arm()
+
+    def _wakeup(self) -> float | None:
+        deadline, session = self._deadline, self._session_deadline
+        if deadline is None or (session is not None and session < deadline):
+            return session
+        return deadline
+
+    def _arm(self) -> None:
+        wakeup = self._wakeup()
+        if wakeup is None:
+            return
         watchdog = self._watchdog
         if watchdog is not None:
-            if watchdog.when() <= deadline:
+            if watchdog.when() <= wakeup:
                 return
             watchdog.cancel()
-        self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+        self._watchdog = self._loop.call_at(wakeup, self._on_watchdog)
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
-        deadline = self._deadline
-        if deadline is None or self._closed is not None:
+        if self._closed is not None:
             return
-        if self._loop.time() < deadline:
-            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+        now = self._loop.time()
+        if self._session_deadline is not None and now >= self._session_deadline:
+            self._session_expired = True
+            self._shut(AgiTimeout(f"session_timeout ({self._server.session_timeout}s) exceeded"))
+            if self._task is not None:
+                self._task.cancel()
+            return
+        if self._deadline is None or now < self._deadline:
+            self._arm()
             return
         if self._codec.env_received:
-            message = f"no reply to {self._waiting_for} within the command timeout"
+            message = f"no reply to {_command_name(self._waiting_for)} within the command timeout"
         else:
             message = f"no complete environment block within {self._server.env_timeout}s"
         logger.warning("FastAGI %s on %s; closing the session", message, self.channel)
         self._abort(AgiTimeout(message))
 
     # -- ending
-    def _shut(self, reason: AgiError) -> None:
-        """No more commands: fail the pending one with ``reason`` and close the socket."""
+    def _shut(self, reason: AgiError | str) -> None:
+        """No more commands: fail the pending one with ``reason`` (a message = AgiHangup) and
+        close the socket.  Only the first reason counts."""
         if self._closed is None:
-            self._closed = reason
-        waiter = self._waiter
-        self._waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(reason)
+            self._closed = reason if isinstance(reason, AgiError) else AgiHangup(reason)
+            waiter = self._waiter
+            self._waiter = None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(self._closed)
         if self._transport is not None:
             self._transport.close()
 
@@ -445,7 +474,7 @@ class _AgiProtocol(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()
             return self._task
-        self._shut(AgiHangup("the FastAGI server is closing"))
+        self._shut("the FastAGI server is closing")
         return None
 
 

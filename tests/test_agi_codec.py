@@ -504,12 +504,13 @@ def events_until_error(conn: AgiServerConnection) -> list[ServerEvent]:
 @pytest.mark.parametrize(
     ("data", "eof", "limits", "message"),
     [
-        (b"GET / HTTP/1.1\r\n", False, {}, "malformed environment line"),
-        (b"agi_x: 1\nagi_x: 2\n", False, {}, "duplicate"),
-        (b"agi_: 1\n", False, {}, "malformed"),
+        (b"GET / HTTP/1.1\r\n", False, {}, "not an AGI environment block"),
+        (b"agi_x: 1\nbad line\n\n", False, {}, "malformed environment line"),
+        (b"agi_x: 1\nagi_x: 2\n\n", False, {}, "duplicate"),
+        (b"agi_: 1\n\n", False, {}, "malformed"),
         (b"agi_channel: x\n", True, {}, "EOF inside the environment block"),
-        (b"agi_chan", True, {}, "EOF in the middle of a line"),
-        (b"agi_x: " + b"y" * 9000, False, {}, "line longer"),
+        (b"agi_chan", True, {}, "EOF inside the environment block"),
+        (b"agi_x: " + b"y" * 17000, False, {}, "environment block larger"),
         (b"agi_x: " + b"y" * 100, False, {"max_env_bytes": 64}, "environment block larger"),
         (b"".join(b"agi_%d: y\n" % i for i in range(10)), False, {"max_env_bytes": 64}, "block larger"),
         (b"".join(b"agi_%d: y\n" % i for i in range(20)), False, {"max_env_lines": 10}, "more than 10"),
