@@ -251,18 +251,17 @@ class AmiSession:
             self.success(message, "Originate successfully queued")
             self.pbx.originate(headers, variables, message.action_id)
             return
-        task = asyncio.ensure_future(self.pbx.originate_now(headers, variables, None, report=False))
-        self.server.track(task)
 
-        def _done(done: asyncio.Task[bool]) -> None:
-            if done.cancelled():
-                return
-            if done.result():
+        def _result(answered: bool) -> None:  # a synchronous Originate replies once answered (or not)
+            if answered:
                 self.success(message, "Originate successfully queued")
             else:
                 self.error(message, "Originate failed")
 
-        task.add_done_callback(_done)
+        task = asyncio.ensure_future(
+            self.pbx.originate_now(headers, variables, None, report=False, on_result=_result)
+        )
+        self.server.track(task)
 
     # --- queues ---------------------------------------------------------------------------
     def _queue_names(self, message: AmiMessage) -> list[str]:
@@ -447,8 +446,11 @@ class AmiServer:
             self._server.close()
         for session in list(self.sessions):
             session.writer.close()
-        # Closing the writers ends every session's read loop (EOF); the tasks then finish.
+        # Closing the writers ends every session's read loop (EOF); a synchronous Originate
+        # still waiting for its call is cancelled.
         tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,9 +321,11 @@ class SimulatedPbx:
         action_id: str | None,
         *,
         report: bool,
+        on_result: Callable[[bool], None] | None = None,
     ) -> bool:
         """Place the call; True when answered.  ``report``: emit OriginateResponse (Async only:
-        a synchronous Originate's reply is its only outcome, as recorded)."""
+        a synchronous Originate's reply is its only outcome, as recorded); ``on_result`` is
+        called as soon as the outcome is known (before the answered call's talk time)."""
         target = headers.get("Channel", "")
         tech, _, resource = target.partition("/")
         context = headers.get("Context", "")
@@ -387,6 +389,8 @@ class SimulatedPbx:
                 self.emit(c.event("Newstate", "call,all"))
         if report:
             self.emit(AmiEvent("OriginateResponse", "call,all", tuple(response)))
+        if on_result is not None:
+            on_result(success)
         if success:
             await self.clock.sleep(self.sample(self.config.callback_talk_time))
         for c in reversed(created):

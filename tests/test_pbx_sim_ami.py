@@ -416,3 +416,23 @@ async def test_originate_callbacks_match_recording(captures_dir: Path) -> None:
     ]
     assert [m.get("Reason") for m in ours if m.name == "OriginateResponse"] == ["4", "3", "3", "5", "0"]
     assert originate_story(ours) == originate_story(recorded)
+
+
+async def test_synchronous_originate_replies_once_answered() -> None:
+    config = SimConfig(speed=SPEED, ami_users=USERS, callback_talk_time=30)
+    async with SimulatedPbx(config) as pbx:
+        login = b"Action: Login\r\nActionID: l\r\nUsername: ivr\r\nSecret: ivr-secret\r\nEvents: on\r\n\r\n"
+        originate = (
+            b"Action: Originate\r\nActionID: sync\r\nChannel: Local/agent-first@callbacks\r\n"
+            b"Context: callbacks\r\nExten: dial-citizen\r\nPriority: 1\r\nTimeout: 5000\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", pbx.ami_port)
+        client = ScenarioClient(reader, writer)
+        writer.write(login + originate)
+        await client.wait_for(lambda m: m.name == "Hangup" and (m.get("Channel") or "").endswith(";1"))
+        names = [m.name if m.kind == "event" else m.action_id for m in client.messages]
+        assert "OriginateResponse" not in names
+        assert names.index("sync") < names.index("Hangup")  # the reply did not wait for the talk
+        reply = next(m for m in client.messages if m.action_id == "sync")
+        assert (reply.get("Response"), reply.get("Message")) == ("Success", "Originate successfully queued")
+        writer.close()
