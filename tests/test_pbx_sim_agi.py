@@ -36,7 +36,7 @@ from routing.ami import AmiMessage, AmiParser
 from tests.agi_transcripts import Transcript, load_transcripts
 from tests.sim_fixtures import AgiResponder, AmiReader
 
-SPEED = 100.0
+SPEED = 25.0  # margins: a few ms of real scheduling jitter must stay well under 1 s simulated
 # Durations that give the recorded endpos values (samples at 8 kHz).
 SOUNDS = {"hello-world": 11234 / 8000, "beep": 3404 / 8000, "tt-monkeys": 10.0}
 AGI = "{agi}"  # replaced by agi://127.0.0.1:<responder port> in the steps below
@@ -112,7 +112,7 @@ REPLAYS: dict[str, Replay] = {
     ),
     # the caller hangs up during GET DATA (10 s timeout)
     "agi_caller-hangup_3": Replay(
-        sipp("sipp", "sipp", "102", hangup_after_s=5.0),
+        sipp("sipp", "sipp", "102", hangup_after_s=8.0),
         (Step("Answer"), Step("AGI", f"{AGI}/caller-hangup")),
         "HANGUP",
     ),
@@ -131,9 +131,9 @@ REPLAYS: dict[str, Replay] = {
         ivr("AGI names, caller name=[${CALLERID(name)}]", "names", "after AGI: AGISTATUS=${AGISTATUS}"),
         "SUCCESS",
     ),
-    # '1' pressed 2.5 s into the queue wait leaves exitq for [queue-exit] 1
+    # "1" pressed 2.4 s into the queue wait leaves exitq for [queue-exit] 1
     "agi_exit_with_digit_callback-offer_1": Replay(
-        sipp("5551234", SIPP, "500", keys=[KeyPress(2.5, "1")]),
+        sipp("5551234", SIPP, "500", keys=[KeyPress(2.4, "1")]),
         (
             Step("NoOp", "exit-with-digit test"),
             Step("Answer"),
