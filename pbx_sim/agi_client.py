@@ -5,7 +5,10 @@ Connects to the engine, writes the ``agi_*`` environment exactly as Asterisk 22 
 emitting AGIExecStart / AGIExecEnd (and VarSet, DTMF, MusicOnHold) events.  Facts kept
 from the recordings: refused connection -> AGISTATUS=FAILURE; EOF before any command ->
 SUCCESS; after a hangup an unsolicited ``HANGUP`` line, then 511 for media commands; a
-server that never answers holds the call (no read timeout) unless AGIEXITONHANGUP=yes.
+server that never answers holds the call (no read timeout) unless AGIEXITONHANGUP=yes
+(then ``HANGUP`` twice and the PBX closes the socket).  ``endpos`` values come from the
+sound durations and the caller's script, not from measured time, so they are exact at any
+clock speed.  tests/test_pbx_sim_agi.py replays every recorded transcript against this.
 """
 
 from __future__ import annotations
