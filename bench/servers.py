@@ -13,7 +13,7 @@ import asyncio
 import os
 import resource
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
 from bench.flow import (
@@ -36,7 +36,7 @@ from ivr.agi_server import AgiSession, FastAgiServer, RouteTable
 HOST = "127.0.0.1"
 ROUTE = "test"  # agi_network_script of the recorded environment block (agi://127.0.0.1:4573/test)
 LOOPS = ("asyncio", "uvloop")
-KINDS = ("ours", "panoramisk", "limit")
+KINDS = ("ours", "panoramisk", "task-floor", "direct-floor", "limit")
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -45,41 +45,144 @@ Closer = Callable[[], Awaitable[None]]
 _LINES = tuple(step.line for step in STEPS)
 
 
-class LimitProtocol(asyncio.Protocol):
-    """Writes the 10 commands, one per reply line; finds the end of the env block and each '\\n', no more."""
+class _LineProtocol(asyncio.Protocol):
+    """Finds the end of the env block, then each reply line ('\\n'), and hands them to the subclass."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._buf = b""
-        self._step = -1  # -1: reading the environment block
+        self._env_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
         buf = self._buf + data
-        if self._step < 0:
+        if not self._env_done:
             end = buf.find(b"\n\n")
             if end < 0:
                 self._buf = buf
                 return
             buf = buf[end + 2 :]
-            self._step = 0
-            transport.write(_LINES[0])
+            self._env_done = True
+            self.on_env()
         while (nl := buf.find(b"\n")) >= 0:
-            buf = buf[nl + 1 :]
-            self._step += 1
-            if self._step == len(_LINES):
-                transport.close()
-                return
-            transport.write(_LINES[self._step])
+            line, buf = buf[:nl], buf[nl + 1 :]
+            self.on_line(line)
         self._buf = buf
+
+    def on_env(self) -> None:
+        raise NotImplementedError
+
+    def on_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
+
+class LimitProtocol(_LineProtocol):
+    """Writes the 10 commands, one per reply line, from the receive callback itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step = 0
+
+    def on_env(self) -> None:
+        assert self._transport is not None
+        self._transport.write(_LINES[0])
+
+    def on_line(self, line: bytes) -> None:
+        assert self._transport is not None
+        self._step += 1
+        if self._step == len(_LINES):
+            self._transport.close()
+        else:
+            self._transport.write(_LINES[self._step])
 
 
 async def start_limit() -> tuple[int, Closer]:
     server = await asyncio.get_running_loop().create_server(LimitProtocol, HOST, 0)
+    return _port(server), _closer(server)
+
+
+# --- floors of a coroutine handler API: the limit's work, written as ``await command(...)`` ------
+async def _minimal_flow(command: Callable[[bytes], Awaitable[bytes]]) -> None:
+    for line in _LINES:
+        await command(line)
+
+
+class TaskFloorProtocol(_LineProtocol):
+    """The usual asyncio way: the handler runs in a Task and awaits one Future per command."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[bytes] | None = None
+
+    def on_env(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = self._loop.create_task(_minimal_flow(self._command))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        assert self._transport is not None
+        self._transport.close()
+
+    async def _command(self, line: bytes) -> bytes:
+        assert self._transport is not None and self._loop is not None
+        self._waiter = self._loop.create_future()
+        self._transport.write(line)
+        return await self._waiter
+
+    def on_line(self, line: bytes) -> None:
+        waiter, self._waiter = self._waiter, None
+        assert waiter is not None
+        waiter.set_result(line)
+
+
+class _Command:
+    """Awaitable handing one command to the protocol that drives the coroutine; resumes with the reply."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+
+    def __await__(self) -> Generator[_Command, bytes, bytes]:
+        reply = yield self
+        return reply
+
+
+class DirectFloorProtocol(_LineProtocol):
+    """The handler coroutine resumed from the receive callback itself (coro.send(reply)): no Task, no
+    Future, no extra loop iteration per command."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._coro: Coroutine[Any, Any, None] | None = None
+
+    def on_env(self) -> None:
+        self._coro = _minimal_flow(_Command)
+        self._resume(None)
+
+    def on_line(self, line: bytes) -> None:
+        self._resume(line)
+
+    def _resume(self, reply: bytes | None) -> None:
+        assert self._coro is not None and self._transport is not None
+        try:
+            command = self._coro.send(reply)
+        except StopIteration:
+            self._transport.close()
+            return
+        self._transport.write(command.line)
+
+
+async def start_task_floor() -> tuple[int, Closer]:
+    server = await asyncio.get_running_loop().create_server(TaskFloorProtocol, HOST, 0)
+    return _port(server), _closer(server)
+
+
+async def start_direct_floor() -> tuple[int, Closer]:
+    server = await asyncio.get_running_loop().create_server(DirectFloorProtocol, HOST, 0)
     return _port(server), _closer(server)
 
 
@@ -148,6 +251,8 @@ def _closer(server: asyncio.Server) -> Closer:
 
 STARTERS: dict[str, Callable[[], Awaitable[tuple[int, Closer]]]] = {
     "limit": start_limit,
+    "task-floor": start_task_floor,
+    "direct-floor": start_direct_floor,
     "ours": start_ours,
     "panoramisk": start_panoramisk,
 }
@@ -189,11 +294,23 @@ async def serve(kind: str) -> None:
         await close()
 
 
+def settle_malloc() -> None:
+    """Make every server start from the same allocator state.
+
+    asyncio reads each chunk into a fresh 256 KiB buffer.  glibc serves that from mmap (mmap + mremap +
+    munmap per read) until the process has freed one block larger than that, which raises its mmap
+    threshold; whether that already happened depends on what the process imported and did.  Freeing
+    one 1 MiB block here settles it the same way for every server, as in any long-running process.
+    """
+    bytearray(1 << 20)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__)
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("loop", choices=LOOPS)
     args = parser.parse_args(argv)
+    settle_malloc()
     if args.loop == "uvloop":
         import uvloop  # noqa: PLC0415 - optional event loop
 
