@@ -34,6 +34,11 @@ How to read it:
 - CPU per session is the server process's own CPU, event loop included.  At 50 at a time a server
   that keeps up with the client wakes up for almost every message while a slower one handles several
   per wake-up, which flatters the slower one; one at a time, every server wakes up once per command.
+- The two floors do the limit's work (no parsing at all) written as a coroutine handler that awaits
+  each reply: through a Task and one Future per command (the usual asyncio way), or resumed directly
+  from `data_received`.  They show what the handler API costs by itself, before any parsing.
+- Every server process first frees a 1 MiB block, so that asyncio's 256 KiB receive buffer comes from
+  the heap in all of them (otherwise glibc may mmap/munmap it on every read, depending on history).
 - On a small shared VM the absolute figures move by tens of percent from run to run; repetitions are
   interleaved across servers, so the ratios within one run are steadier than the absolute values.
 - The process-per-call p99 is the first command of each call: it waits for the interpreter to start.
