@@ -100,6 +100,14 @@ class AgiEnv(Mapping[str, str]):
         object.__setattr__(self, "_map", dict(self.pairs))
 
     @classmethod
+    def _from_dict(cls, mapping: dict[str, str]) -> AgiEnv:
+        """Wrap a dict the caller hands over (no copy, no re-hashing)."""
+        env = cls.__new__(cls)
+        object.__setattr__(env, "pairs", tuple(mapping.items()))
+        object.__setattr__(env, "_map", mapping)
+        return env
+
+    @classmethod
     def of(cls, mapping: Mapping[str, str]) -> AgiEnv:
         """Build from a mapping whose keys may carry the ``agi_`` prefix or not."""
         return cls(tuple((k.removeprefix("agi_"), v) for k, v in mapping.items()))
@@ -219,6 +227,8 @@ class Command:
     words: tuple[str, ...]
     raw: str
 
+
+_new_reply: Final = tuple.__new__  # builds a Reply without the Python-level NamedTuple __new__
 
 ServerEvent = EnvironmentReceived | Reply | HangupNotice | ConnectionClosed
 ClientEvent = Command | ConnectionClosed
@@ -415,8 +425,20 @@ class AgiServerConnection(_LineReader):
         return data
 
     def next_event(self) -> ServerEvent | NeedData:
-        if self._pos == len(self._buf) and not self._eof and self._error is None:
+        buf, pos = self._buf, self._pos
+        if pos == len(buf) and not self._eof and self._error is None:
             return NEED_DATA  # everything consumed: the common case after a reply
+        if (
+            self._pending > 0
+            and self._multi_lines is None
+            and self._state is _State.COMMANDS
+            and buf.startswith(b"200 result=", pos)
+        ):  # fast path for the usual complete one-line reply; anything else takes the loop
+            nl = buf.find(b"\n", self._scan)
+            if 0 <= nl - pos <= self._max_line:
+                self._pos = self._scan = nl + 1
+                self._pending -= 1
+                return _parse_result(buf[pos:nl].decode(_ENCODING, _ERRORS))
         try:
             while self._state is _State.COMMANDS:
                 line = self._next_line()
@@ -476,18 +498,19 @@ class AgiServerConnection(_LineReader):
             raise AgiProtocolError(f"environment block larger than {self._max_env_bytes} bytes")
         if len(lines) > self._max_env_lines:
             raise AgiProtocolError(f"environment block has more than {self._max_env_lines} lines")
-        parts = [line.partition(": ") for line in lines]
-        pairs = tuple([(k[4:], v) for k, sep, v in parts if sep and len(k) > 4 and k.startswith("agi_")])
-        if len(pairs) != len(lines):
-            bad = next(
-                ln
-                for ln, (k, sep, _) in zip(lines, parts, strict=True)
-                if not (sep and k[4:] and k[:4] == "agi_")
-            )
+        if lines and (text.count("\nagi_") != len(lines) - 1 or not text.startswith("agi_")):
+            bad = next(ln for ln in lines if not ln.startswith("agi_"))
             raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
-        env = AgiEnv(pairs)
-        if len(env) != len(pairs):
+        try:
+            mapping: dict[str, str] = dict([line[4:].split(": ", 1) for line in lines])
+        except ValueError:
+            bad = next(ln for ln in lines if ": " not in ln)
+            raise AgiProtocolError(f"malformed environment line {bad[:80]!r}") from None
+        if "" in mapping:
+            raise AgiProtocolError("malformed environment line with an empty agi_ key")
+        if len(mapping) != len(lines):
             raise AgiProtocolError("duplicate key in the environment block")
+        env = AgiEnv._from_dict(mapping)
         self._pos = self._scan = end
         self._state = _State.COMMANDS
         return EnvironmentReceived(env)
@@ -557,7 +580,7 @@ def _parse_result(line: str) -> Reply:
         if len(tail) >= 2 and tail[0] == "(" and tail[-1] == ")":
             data = tail[1:-1]
     result = int(result_text) if result_text.isdigit() and result_text.isascii() else _to_int(result_text)
-    return Reply(200, result, data, endpos, data == "timeout", line[4:], (), result_text)
+    return _new_reply(Reply, (200, result, data, endpos, data == "timeout", line[4:], (), result_text))
 
 
 # --------------------------------------------------------------------------- Asterisk side

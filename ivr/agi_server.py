@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from ivr.agi import (
     DEFAULT_MAX_ENV_BYTES,
@@ -124,12 +124,36 @@ class AgiSession:
     def channel(self) -> str:
         return self.env.channel
 
-    def command(self, *words: str, reply_timeout: float | None = None) -> Coroutine[Any, Any, Reply]:
+    async def command(self, *words: str, reply_timeout: float | None = None) -> Reply:
         """Send one command (``await session.command("GET", "VARIABLE", name)``);
-        ``reply_timeout`` overrides the server's ``command_timeout``.
-
-        A plain function returning the protocol's coroutine: one frame less per command."""
-        return self._proto.command(words, reply_timeout)
+        ``reply_timeout`` overrides the server's ``command_timeout``."""
+        proto = self._proto
+        if proto._closed is not None:
+            raise AgiHangup(f"{_command_name(words)}: session closed ({proto._closed})")
+        if proto._waiter is not None:
+            raise RuntimeError("AgiSession.command() called while another command awaits its reply")
+        data = proto._codec.send_command(*words)
+        waiter: asyncio.Future[Reply] = proto._loop.create_future()
+        proto._waiter = waiter
+        proto._waiting_for = words
+        if reply_timeout is None:
+            # deadlines of default-timeout commands only move later: an armed watchdog is early
+            proto._deadline = proto._loop.time() + proto._command_timeout
+            if proto._watchdog is None:
+                proto._arm()
+        else:
+            proto._set_deadline(reply_timeout)
+        proto._write(data)
+        try:
+            reply = await waiter
+        except asyncio.CancelledError:
+            proto._abort(AgiHangup(f"{_command_name(words)}: cancelled while awaiting its reply"))
+            raise
+        if reply.code == 200:
+            return reply
+        if reply.code == 511:
+            raise AgiHangup(f"{_command_name(words)}: {reply.text}", reply)
+        raise AgiCommandError(f"{_command_name(words)}: {reply.code} {reply.text}", reply)
 
     def _hangup_or_error(self, what: str, reply: Reply) -> AgiError:
         if self.hung_up:
@@ -236,6 +260,10 @@ class AgiSession:
         return reply.result
 
 
+def _not_connected(data: bytes) -> None:
+    raise RuntimeError("FastAGI connection not made yet")
+
+
 class _AgiProtocol(asyncio.Protocol):
     """One connection: feeds the codec, resolves command futures, runs the handler task."""
 
@@ -244,6 +272,8 @@ class _AgiProtocol(asyncio.Protocol):
         self._loop = loop
         self._codec = AgiServerConnection(max_env_bytes=server.max_env_bytes)
         self._transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] = _not_connected
+        self._command_timeout = server.command_timeout
         self._waiter: asyncio.Future[Reply] | None = None
         self._waiting_for: tuple[str, ...] = ()
         self._deadline: float | None = None
@@ -261,6 +291,7 @@ class _AgiProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._write = transport.write
         stats = self._server.stats
         stats.started += 1
         stats.current += 1
@@ -325,13 +356,12 @@ class _AgiProtocol(asyncio.Protocol):
             self._shut(f"unknown route {route[:80]!r}")
             return
         self._task = self._loop.create_task(self._run(handler, AgiSession(self, env), route))
-        self._task.add_done_callback(self._task_done)
         self._session_deadline = self._loop.time() + self._server.session_timeout
         self._arm()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        # Normally _run() has counted and closed already; a task cancelled before its first
-        # step never ran its body, so it is counted and closed here.
+    def after_cancel(self) -> None:
+        """After server shutdown: _run() has normally counted and closed already, but a task
+        cancelled before its first step never ran its body."""
         self._count(CANCELLED)
         self._shut("the FastAGI session is finished")
 
@@ -364,36 +394,6 @@ class _AgiProtocol(asyncio.Protocol):
         finally:
             self._count(outcome)
             self._shut("the FastAGI session is finished")
-
-    # -- commands
-    async def command(self, words: tuple[str, ...], reply_timeout: float | None) -> Reply:
-        if self._closed is not None:
-            raise AgiHangup(f"{_command_name(words)}: session closed ({self._closed})")
-        if self._waiter is not None:
-            raise RuntimeError("AgiSession.command() called while another command awaits its reply")
-        data = self._codec.send_command(*words)
-        waiter: asyncio.Future[Reply] = self._loop.create_future()
-        self._waiter = waiter
-        self._waiting_for = words
-        if reply_timeout is None:
-            # deadlines of default-timeout commands only move later: an armed watchdog is early
-            self._deadline = self._loop.time() + self._server.command_timeout
-            if self._watchdog is None:
-                self._arm()
-        else:
-            self._set_deadline(reply_timeout)
-        assert self._transport is not None
-        self._transport.write(data)
-        try:
-            reply = await waiter
-        except asyncio.CancelledError:
-            self._abort(AgiHangup(f"{_command_name(words)}: cancelled while awaiting its reply"))
-            raise
-        if reply.code == 200:
-            return reply
-        if reply.code == 511:
-            raise AgiHangup(f"{_command_name(words)}: {reply.text}", reply)
-        raise AgiCommandError(f"{_command_name(words)}: {reply.code} {reply.text}", reply)
 
     # -- deadlines
     # One timer per connection: it wakes at the earliest deadline (environment or reply, and
@@ -535,8 +535,11 @@ class FastAgiServer:
             return
         self._server = None
         server.close()
-        tasks = [task for proto in list(self._connections) if (task := proto.cancel()) is not None]
+        protos = list(self._connections)
+        tasks = [task for proto in protos if (task := proto.cancel()) is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        for proto in protos:
+            proto.after_cancel()
         await server.wait_closed()
 
     async def __aenter__(self) -> FastAgiServer:
