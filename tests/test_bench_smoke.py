@@ -112,4 +112,4 @@ def test_whole_bench_prints_every_row(capsys: pytest.CaptureFixture[str]) -> Non
     assert "FAILED" not in out
     assert out.count("| ours (ivr.agi_server) |") == 4  # 2 loops x 2 modes
     assert out.count("| process-per-call pyst2 0.5.1 |") == 2
-    assert "ours, event name only" in out
+    assert "| ours (routing.ami.AmiParser), every header |" in out
