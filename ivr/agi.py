@@ -33,6 +33,8 @@ import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from typing import Final, NamedTuple
 
 from ivr.errors import AgiProtocolError
@@ -241,6 +243,7 @@ _CONNECTION_CLOSED: Final = ConnectionClosed()
 _NEEDS_QUOTING: Final = re.compile(r'[ \t"\\\r\n\x00]')
 _FORBIDDEN: Final = re.compile(r"[\r\n\x00]")
 _BLANKS: Final = re.compile(r"[ \t]+")
+_AFTER_PREFIX: Final = itemgetter(slice(4, None))  # "agi_channel" -> "channel"
 
 
 def quote_arg(arg: str) -> str:
@@ -501,11 +504,13 @@ class AgiServerConnection(_LineReader):
         if lines and (text.count("\nagi_") != len(lines) - 1 or not text.startswith("agi_")):
             bad = next(ln for ln in lines if not ln.startswith("agi_"))
             raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
-        try:
-            mapping: dict[str, str] = dict([line[4:].split(": ", 1) for line in lines])
-        except ValueError:
-            bad = next(ln for ln in lines if ": " not in ln)
-            raise AgiProtocolError(f"malformed environment line {bad[:80]!r}") from None
+        mapping: dict[str, str] = {}
+        if lines:  # C-level iteration only: partition every line, transpose, strip "agi_"
+            keys, seps, values = zip(*map(str.partition, lines, repeat(": ")), strict=True)
+            if "" in seps:
+                bad = next(ln for ln in lines if ": " not in ln)
+                raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
+            mapping = dict(zip(map(_AFTER_PREFIX, keys), values, strict=True))
         if "" in mapping:
             raise AgiProtocolError("malformed environment line with an empty agi_ key")
         if len(mapping) != len(lines):
