@@ -9,7 +9,8 @@ unknown, when the bytes are garbage, and when the handler raises.  A failing ses
 with its channel name (never a variable's value) and never affects the other sessions.
 
 Built on ``asyncio.Protocol`` + one future per command (cheaper than streams); a single
-watchdog timer per connection enforces the environment and command deadlines.
+watchdog timer per connection enforces the environment, reply and session deadlines (it is
+re-armed lazily, not once per command).
 """
 
 from __future__ import annotations
@@ -154,11 +155,6 @@ class AgiSession:
         if reply.code == 511:
             raise AgiHangup(f"{_command_name(words)}: {reply.text}", reply)
         raise AgiCommandError(f"{_command_name(words)}: {reply.code} {reply.text}", reply)
-
-    def _hangup_or_error(self, what: str, reply: Reply) -> AgiError:
-        if self.hung_up:
-            return AgiHangup(f"{what}: channel hung up", reply)
-        return AgiCommandError(f"{what}: failed ({reply.text})", reply)
 
     async def answer(self) -> None:
         """ANSWER: ``result=0`` ok; ``-1`` -> AgiHangup."""
