@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ class AgiSession:
         proto._waiting_for = words
         if reply_timeout is None:
             # deadlines of default-timeout commands only move later: an armed watchdog is early
-            proto._deadline = proto._loop.time() + proto._command_timeout
+            proto._deadline = proto._clock() + proto._command_timeout
             if proto._watchdog is None:
                 proto._arm()
         else:
@@ -256,6 +257,14 @@ class AgiSession:
         return reply.result
 
 
+def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time`` - as the C function ``time.monotonic`` when that is what asyncio's loop
+    calls (one Python frame less per command); other loops (uvloop) keep their own clock."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
+
+
 def _not_connected(data: bytes) -> None:
     raise RuntimeError("FastAGI connection not made yet")
 
@@ -266,6 +275,7 @@ class _AgiProtocol(asyncio.Protocol):
     def __init__(self, server: FastAgiServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._loop = loop
+        self._clock = _loop_clock(loop)
         self._codec = AgiServerConnection(max_env_bytes=server.max_env_bytes)
         self._transport: asyncio.Transport | None = None
         self._write: Callable[[bytes], object] = _not_connected
@@ -352,7 +362,7 @@ class _AgiProtocol(asyncio.Protocol):
             self._shut(f"unknown route {route[:80]!r}")
             return
         self._task = self._loop.create_task(self._run(handler, AgiSession(self, env), route))
-        self._session_deadline = self._loop.time() + self._server.session_timeout
+        self._session_deadline = self._clock() + self._server.session_timeout
         self._arm()
 
     def after_cancel(self) -> None:
@@ -395,7 +405,7 @@ class _AgiProtocol(asyncio.Protocol):
     # One timer per connection: it wakes at the earliest deadline (environment or reply, and
     # session), and re-arms itself when the deadlines moved later meanwhile.
     def _set_deadline(self, delay: float) -> None:
-        self._deadline = self._loop.time() + delay
+        self._deadline = self._clock() + delay
         self._arm()
 
     def _wakeup(self) -> float | None:
@@ -419,7 +429,7 @@ class _AgiProtocol(asyncio.Protocol):
         self._watchdog = None
         if self._closed is not None:
             return
-        now = self._loop.time()
+        now = self._clock()
         if self._session_deadline is not None and now >= self._session_deadline:
             self._session_expired = True
             self._shut(AgiTimeout(f"session_timeout ({self._server.session_timeout}s) exceeded"))
