@@ -163,7 +163,12 @@ class Demo:
             self._print_summary()
 
     def _print_summary(self) -> None:
-        self.say(f"--- {self.result.placed} calls placed, {len(self.result.outcomes)} finished")
+        finished = self.result.outcomes
+        fallback = sum(1 for o in finished if any(step.endswith(":Playback") for step in o.path))
+        self.say(
+            f"--- {self.result.placed} calls placed, {len(finished)} finished, "
+            f"{fallback} sent to the general queue by the fail-safe dialplan"
+        )
         for line in self.result.board.summary():
             self.say(line)
 

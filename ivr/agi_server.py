@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast, cast
 
 from ivr.agi import (
     DEFAULT_MAX_ENV_BYTES,
@@ -295,7 +295,8 @@ class _AgiProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._write = transport.write
         stats = self._server.stats
