@@ -491,3 +491,41 @@ def test_server_rejects_bad_limits() -> None:
         FastAgiServer(RouteTable(), command_timeout=0)
     with pytest.raises(RuntimeError, match="not started"):
         _ = FastAgiServer(RouteTable()).port
+
+
+def test_works_under_uvloop() -> None:
+    """uvloop: its transports are not asyncio.Transport and its clock is its own."""
+    uvloop = pytest.importorskip("uvloop")
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        await session.answer()
+        seen.append(await session.get_variable("FOO"))
+        try:
+            await session.verbose("nobody answers")
+        except AgiTimeout as exc:
+            seen.append(exc)
+            raise
+
+    async def scenario() -> FastAgiServer:
+        routes = RouteTable()
+        routes.add("ivr", handler)
+        async with FastAgiServer(routes, port=0, command_timeout=0.2) as server:
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            for reply in (b"200 result=0\n", b"200 result=1 (bar)\n"):
+                assert isinstance(await fake.next_command(), Command)
+                fake.send(reply)
+            assert isinstance(await fake.next_command(), Command)  # VERBOSE, never answered
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        return server
+
+    async def guarded() -> FastAgiServer:
+        async with asyncio.timeout(20):  # hang guard: fail instead of blocking the suite
+            return await scenario()
+
+    server = uvloop.run(guarded())
+    assert seen[0] == "bar" and isinstance(seen[1], AgiTimeout)
+    assert server.stats.failed["AgiTimeout"] == 1
