@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, cast, cast
+from typing import Final, cast
 
 from ivr.agi import (
     DEFAULT_MAX_ENV_BYTES,
