@@ -129,7 +129,7 @@ class Demo:
                 summary.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await summary
-            self._print_summary()
+                self._print_summary()  # also on Ctrl-C
             return self.result
         finally:
             await self.engine.close()
