@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from ivr.agi import (
     DEFAULT_MAX_ENV_BYTES,
@@ -39,6 +40,7 @@ __all__ = ["AgiSession", "FastAgiServer", "Handler", "RouteTable", "ServerStats"
 logger = logging.getLogger(__name__)
 
 Handler = Callable[["AgiSession"], Awaitable[None]]
+_Driven = Coroutine[Any, Any, None] | Generator[Any, Any, None]
 
 UNKNOWN_ROUTE: Final = "UnknownRoute"
 SESSION_TIMEOUT: Final = "SessionTimeout"
@@ -126,17 +128,16 @@ class AgiSession:
     def channel(self) -> str:
         return self.env.channel
 
-    async def command(self, *words: str, reply_timeout: float | None = None) -> Reply:
+    @types.coroutine
+    def command(self, *words: str, reply_timeout: float | None = None) -> Generator[Any, Any, Reply]:
         """Send one command (``await session.command("GET", "VARIABLE", name)``);
         ``reply_timeout`` overrides the server's ``command_timeout``."""
         proto = self._proto
         if proto._closed is not None:
             raise AgiHangup(f"{_command_name(words)}: session closed ({proto._closed})")
-        if proto._waiter is not None:
+        if proto._awaiting or proto._waiter is not None:
             raise RuntimeError("AgiSession.command() called while another command awaits its reply")
         data = proto._codec.send_command(*words)
-        waiter: asyncio.Future[Reply] = proto._loop.create_future()
-        proto._waiter = waiter
         proto._waiting_for = words
         if reply_timeout is None:
             # deadlines of default-timeout commands only move later: an armed watchdog is early
@@ -146,14 +147,21 @@ class AgiSession:
         else:
             proto._set_deadline(reply_timeout)
         proto._write(data)
-        try:
-            reply = await waiter
-        except asyncio.CancelledError:
-            proto._abort(AgiHangup(f"{_command_name(words)}: cancelled while awaiting its reply"))
-            raise
-        if reply.code == 200:
-            return reply
-        if reply.code == 511:
+        if proto._driving:  # direct mode: the protocol resumes us with the reply (or throws)
+            proto._awaiting = True
+            reply = yield _AWAIT_REPLY
+        else:  # in a Task: one future per command
+            waiter: asyncio.Future[Reply] = proto._loop.create_future()
+            proto._waiter = waiter
+            try:
+                reply = yield from waiter
+            except asyncio.CancelledError:
+                proto._abort(AgiHangup(f"{_command_name(words)}: cancelled while awaiting its reply"))
+                raise
+        code = reply[0]
+        if code == 200:
+            return cast(Reply, reply)
+        if code == 511:
             raise AgiHangup(f"{_command_name(words)}: {reply.text}", reply)
         raise AgiCommandError(f"{_command_name(words)}: {reply.code} {reply.text}", reply)
 
@@ -257,6 +265,42 @@ class AgiSession:
         return reply.result
 
 
+class _AwaitReply:
+    """The private marker a command yields in direct mode ("resume me with the reply")."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<awaiting an AGI reply>"
+
+
+_AWAIT_REPLY: Final = _AwaitReply()
+
+
+@types.coroutine
+def _adopt(coro: _Driven, first: object) -> Generator[Any, Any, None]:
+    """Run a handler suspended outside any Task inside the current Task.
+
+    ``first`` is what the handler yielded (an asyncio future, or None for ``sleep(0)``): the Task
+    waits for it, then the handler resumes exactly as if the Task had run it from the start.
+    """
+    value = first
+    while True:
+        try:
+            yield value
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancellation (or a bad yield) goes to the handler
+            try:
+                value = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        yield from cast(Generator[Any, Any, None], coro)  # types.coroutine: may yield from a coroutine
+        return
+
+
 def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """``loop.time`` - as the C function ``time.monotonic`` when that is what asyncio's loop
     calls (one Python frame less per command); other loops (uvloop) keep their own clock."""
@@ -270,7 +314,7 @@ def _not_connected(data: bytes) -> None:
 
 
 class _AgiProtocol(asyncio.Protocol):
-    """One connection: feeds the codec, resolves command futures, runs the handler task."""
+    """One connection: feeds the codec and drives the handler (directly, or through its Task)."""
 
     def __init__(self, server: FastAgiServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
@@ -280,15 +324,19 @@ class _AgiProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._write: Callable[[bytes], object] = _not_connected
         self._command_timeout = server.command_timeout
-        self._waiter: asyncio.Future[Reply] | None = None
+        self._route = ""
+        self._coro: _Driven | None = None  # the handler, from its start to its end
+        self._driving = False  # True while data_received & co run the handler (direct mode)
+        self._awaiting = False  # direct mode: the handler waits for a reply
+        self._waiter: asyncio.Future[Reply] | None = None  # Task mode: the same
+        self._task: asyncio.Task[None] | None = None  # set once the handler is promoted
         self._waiting_for: tuple[str, ...] = ()
         self._deadline: float | None = None
         self._session_deadline: float | None = None
         self._session_expired = False
         self._watchdog: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
         self._closed: AgiError | None = None
-        self._pre_session_failure = CONNECTION_CLOSED
+        self._pre_session_failure: str | None = CONNECTION_CLOSED
         self._counted = False
         self.hung_up = False
         self.channel = "?"
@@ -321,7 +369,7 @@ class _AgiProtocol(asyncio.Protocol):
             self._watchdog = None
         self._deadline = None
         self._shut("the FastAGI connection is closed")
-        if self._task is None:
+        if self._pre_session_failure is not None:
             self._count(self._pre_session_failure)
 
     # -- events
@@ -334,10 +382,14 @@ class _AgiProtocol(asyncio.Protocol):
                     return
                 if type(event) is Reply:
                     self._deadline = None
-                    waiter = self._waiter
-                    self._waiter = None
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(event)
+                    if self._awaiting:
+                        self._awaiting = False
+                        self._resume(event, None)
+                    else:
+                        waiter = self._waiter
+                        self._waiter = None
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(event)
                 elif type(event) is HangupNotice:
                     self.hung_up = True
                 elif type(event) is EnvironmentReceived:
@@ -353,7 +405,7 @@ class _AgiProtocol(asyncio.Protocol):
     def _start_session(self, env: AgiEnv) -> None:
         self._deadline = None
         self.channel = env.channel or "?"
-        route = env.network_script
+        route = self._route = env.network_script
         handler = self._server.routes.get(route)
         if handler is None:
             logger.warning(
@@ -362,45 +414,76 @@ class _AgiProtocol(asyncio.Protocol):
             self._pre_session_failure = UNKNOWN_ROUTE
             self._shut(f"unknown route {route[:80]!r}")
             return
-        self._task = self._loop.create_task(self._run(handler, AgiSession(self, env), route))
+        self._pre_session_failure = None
         self._session_deadline = self._clock() + self._server.session_timeout
         self._arm()
+        awaitable = handler(AgiSession(self, env))
+        self._coro = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
+        self._resume(None, None)
 
-    def after_cancel(self) -> None:
-        """After server shutdown: _run() has normally counted and closed already, but a task
-        cancelled before its first step never ran its body."""
-        self._count(CANCELLED)
-        self._shut("the FastAGI session is finished")
+    # -- driving the handler
+    def _resume(self, reply: Reply | None, exc: BaseException | None) -> None:
+        """Direct mode: run the handler until it awaits its next reply, ends, or awaits something
+        else (then it moves into a Task)."""
+        coro = self._coro
+        assert coro is not None
+        self._driving = True
+        try:
+            yielded = coro.send(reply) if exc is None else coro.throw(exc)
+        except StopIteration:
+            self._end(None)
+            return
+        except BaseException as failure:
+            self._end(self._outcome(failure))
+            if not isinstance(failure, Exception | asyncio.CancelledError):
+                raise
+            return
+        finally:
+            self._driving = False
+        if yielded is not _AWAIT_REPLY:
+            self._task = self._loop.create_task(self._run_promoted(coro, yielded))
 
-    async def _run(self, handler: Handler, session: AgiSession, route: str) -> None:
+    async def _run_promoted(self, coro: _Driven, first: object) -> None:
         outcome: str | None = None
         try:
-            await handler(session)
-        except asyncio.CancelledError:
+            await _adopt(coro, first)
+        except asyncio.CancelledError as exc:
             # the watchdog cancels an expired session: that cancellation ends here
             assert self._task is not None
             if not self._session_expired or self._task.uncancel() > 0:
                 outcome = CANCELLED
                 raise
-            outcome = SESSION_TIMEOUT
+            outcome = self._outcome(exc)
+        except Exception as exc:
+            outcome = self._outcome(exc)
+        finally:
+            self._end(outcome)
+
+    def _outcome(self, exc: BaseException) -> str:
+        """Log how the handler failed; the name it is counted under."""
+        route = self._route
+        if isinstance(exc, asyncio.CancelledError):
+            if not self._session_expired:
+                return CANCELLED
             logger.warning(
                 "FastAGI route %r on %s exceeded session_timeout (%ss); handing the call back",
                 route,
                 self.channel,
                 self._server.session_timeout,
             )
-        except AgiHangup as exc:
-            outcome = type(exc).__name__
+            return SESSION_TIMEOUT
+        outcome = type(exc).__name__
+        if isinstance(exc, AgiHangup):
             logger.info("FastAGI route %r on %s: hangup (%s)", route, self.channel, exc)
-        except AgiError as exc:
-            outcome = type(exc).__name__
+        elif isinstance(exc, AgiError):
             logger.warning("FastAGI route %r on %s: %s: %s", route, self.channel, outcome, exc)
-        except Exception as exc:
-            outcome = type(exc).__name__
-            logger.exception("FastAGI route %r failed on %s", route, self.channel)
-        finally:
-            self._count(outcome)
-            self._shut("the FastAGI session is finished")
+        else:
+            logger.error("FastAGI route %r failed on %s", route, self.channel, exc_info=exc)
+        return outcome
+
+    def _end(self, outcome: str | None) -> None:
+        self._count(outcome)
+        self._shut("the FastAGI session is finished")
 
     # -- deadlines
     # One timer per connection: it wakes at the earliest deadline (environment or reply, and
@@ -433,9 +516,9 @@ class _AgiProtocol(asyncio.Protocol):
         now = self._clock()
         if self._session_deadline is not None and now >= self._session_deadline:
             self._session_expired = True
-            self._shut(AgiTimeout(f"session_timeout ({self._server.session_timeout}s) exceeded"))
-            if self._task is not None:
-                self._task.cancel()
+            self._closed = AgiTimeout(f"session_timeout ({self._server.session_timeout}s) exceeded")
+            self.cancel()
+            self._shut(self._closed)
             return
         if self._deadline is None or now < self._deadline:
             self._arm()
@@ -453,15 +536,18 @@ class _AgiProtocol(asyncio.Protocol):
         close the socket.  Only the first reason counts."""
         if self._closed is None:
             self._closed = reason if isinstance(reason, AgiError) else AgiHangup(reason)
-            waiter = self._waiter
-            self._waiter = None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(self._closed)
+        if self._awaiting and not self._driving:
+            self._awaiting = False
+            self._resume(None, self._closed)
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._closed)
         if self._transport is not None:
             self._transport.close()
 
     def _abort(self, reason: AgiError) -> None:
-        if self._task is None and self._pre_session_failure == CONNECTION_CLOSED:
+        if self._pre_session_failure == CONNECTION_CLOSED:
             self._pre_session_failure = type(reason).__name__
         self._shut(reason)
 
@@ -477,12 +563,25 @@ class _AgiProtocol(asyncio.Protocol):
             stats.failed[outcome] += 1
 
     def cancel(self) -> asyncio.Task[None] | None:
-        """Server shutdown: cancel the handler (or close the socket if none runs yet)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            return self._task
+        """Server shutdown or session timeout: cancel the handler where it waits (or close the
+        socket if none runs).  Returns the handler's Task when it runs in one."""
+        if self._task is None and self._awaiting and not self._driving:
+            self._awaiting = False
+            self._resume(None, asyncio.CancelledError())
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            return task
         self._shut("the FastAGI server is closing")
         return None
+
+    def after_cancel(self) -> None:
+        """After server shutdown: close the handler if its Task was cancelled before it could
+        resume it, and count a session that has not been counted yet."""
+        if self._coro is not None:
+            self._coro.close()
+        self._count(CANCELLED)
+        self._shut("the FastAGI session is finished")
 
 
 class FastAgiServer:
