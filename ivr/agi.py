@@ -34,7 +34,6 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import itemgetter
 from typing import Final, NamedTuple
 
 from ivr.errors import AgiProtocolError
@@ -235,6 +234,14 @@ _new_reply: Final = tuple.__new__  # builds a Reply without the Python-level Nam
 ServerEvent = EnvironmentReceived | Reply | HangupNotice | ConnectionClosed
 ClientEvent = Command | ConnectionClosed
 
+# Memos of the two pure functions on the hot path (the same commands and replies come back call
+# after call).  Only short lines are kept, and a full memo starts again empty: bounded memory
+# whatever the callers send.
+_MEMO_LINE: Final = 160
+_MEMO_SIZE: Final = 2048
+_ENCODED: Final[dict[tuple[str, ...], bytes]] = {}
+_REPLIES: Final[dict[bytes, Reply]] = {}
+
 _HANGUP_NOTICE: Final = HangupNotice()
 _CONNECTION_CLOSED: Final = ConnectionClosed()
 
@@ -243,7 +250,6 @@ _CONNECTION_CLOSED: Final = ConnectionClosed()
 _NEEDS_QUOTING: Final = re.compile(r'[ \t"\\\r\n\x00]')
 _FORBIDDEN: Final = re.compile(r"[\r\n\x00]")
 _BLANKS: Final = re.compile(r"[ \t]+")
-_AFTER_PREFIX: Final = itemgetter(slice(4, None))  # "agi_channel" -> "channel"
 
 
 def quote_arg(arg: str) -> str:
@@ -269,16 +275,19 @@ def encode_command(*words: str) -> bytes:
     """Encode one command line (``"\\n"`` terminated UTF-8) that Asterisk splits back into ``words``."""
     if not words:
         raise ValueError("an AGI command needs at least one word")
-    search = _NEEDS_QUOTING.search
-    quoted = [w if w and search(w) is None else quote_arg(w) for w in words]
-    if quoted[0] is not words[0]:
-        raise ValueError(
-            f"invalid AGI command word {words[0][:40]!r}: pass each word of the command name "
-            "separately, e.g. encode_command('GET', 'VARIABLE', name)"
-        )
+    if "" not in words and _NEEDS_QUOTING.search("".join(words)) is None:
+        line = " ".join(words)  # the usual case: no word needs quoting (one search for all)
+    else:
+        search = _NEEDS_QUOTING.search
+        quoted = [w if w and search(w) is None else quote_arg(w) for w in words]
+        if quoted[0] is not words[0]:
+            raise ValueError(
+                f"invalid AGI command word {words[0][:40]!r}: pass each word of the command name "
+                "separately, e.g. encode_command('GET', 'VARIABLE', name)"
+            )
+        line = " ".join(quoted)
     if len(words) > MAX_COMMAND_ARGS:
         raise ValueError(f"AGI command has {len(words)} words; Asterisk keeps only {MAX_COMMAND_ARGS}")
-    line = " ".join(quoted)
     if line[:7].lower() == "failure":
         raise ValueError("an AGI command line may not start with 'failure' (Asterisk aborts the AGI)")
     try:
@@ -423,9 +432,44 @@ class AgiServerConnection(_LineReader):
 
     def send_command(self, *words: str) -> bytes:
         """Encode a command (see :func:`encode_command`) and count it as awaiting a reply."""
-        data = encode_command(*words)
+        data = _ENCODED.get(words)
+        if data is None:
+            data = encode_command(*words)
+            if len(data) <= _MEMO_LINE:
+                if len(_ENCODED) >= _MEMO_SIZE:
+                    _ENCODED.clear()
+                _ENCODED[words] = data
         self._pending += 1
         return data
+
+    def receive_reply(self, data: bytes) -> Reply | None:
+        """Fast path of ``receive_data(data)`` + ``next_event()`` for the usual chunk: nothing
+        buffered, one command awaiting its reply, and ``data`` is exactly one ``200 result=``
+        line.  Returns its Reply; otherwise None, and ``data`` is NOT consumed (use
+        :meth:`receive_data`)."""
+        if not (
+            self._pending == 1
+            and self._pos == len(self._buf)
+            and self._state is _State.COMMANDS
+            and self._multi_lines is None
+            and not self._eof
+        ):
+            return None
+        reply = _REPLIES.get(data)
+        if reply is None:
+            if not (
+                data.startswith(b"200 result=")
+                and data.find(b"\n") == len(data) - 1
+                and len(data) <= self._max_line
+            ):
+                return None
+            reply = _parse_result(data[:-1].decode(_ENCODING, _ERRORS))
+            if len(data) <= _MEMO_LINE:
+                if len(_REPLIES) >= _MEMO_SIZE:
+                    _REPLIES.clear()
+                _REPLIES[data] = reply
+        self._pending = 0
+        return reply
 
     def next_event(self) -> ServerEvent | NeedData:
         buf, pos = self._buf, self._pos
@@ -481,7 +525,7 @@ class AgiServerConnection(_LineReader):
         """The whole environment block at once (up to the blank line), or None if incomplete."""
         buf, pos = self._buf, self._pos
         if buf.startswith(b"\n", pos):
-            end, text, lines = pos + 1, "", []
+            end, text, count = pos + 1, "", 0
         else:
             blank = buf.find(b"\n\n", max(pos, self._scan - 1))
             if blank < 0:
@@ -496,24 +540,24 @@ class AgiServerConnection(_LineReader):
                 return None
             end = blank + 2
             text = buf[pos:blank].decode(_ENCODING, _ERRORS)
-            lines = text.split("\n")
+            count = text.count("\n") + 1
         if end - pos > self._max_env_bytes:
             raise AgiProtocolError(f"environment block larger than {self._max_env_bytes} bytes")
-        if len(lines) > self._max_env_lines:
+        if count > self._max_env_lines:
             raise AgiProtocolError(f"environment block has more than {self._max_env_lines} lines")
-        if lines and (text.count("\nagi_") != len(lines) - 1 or not text.startswith("agi_")):
-            bad = next(ln for ln in lines if not ln.startswith("agi_"))
-            raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
         mapping: dict[str, str] = {}
-        if lines:  # C-level iteration only: partition every line, transpose, strip "agi_"
-            keys, seps, values = zip(*map(str.partition, lines, repeat(": ")), strict=True)
-            if "" in seps:
-                bad = next(ln for ln in lines if ": " not in ln)
+        if text:
+            if text.count("\nagi_") != count - 1 or not text.startswith("agi_"):
+                bad = next(ln for ln in text.split("\n") if not ln.startswith("agi_"))
                 raise AgiProtocolError(f"malformed environment line {bad[:80]!r}")
-            mapping = dict(zip(map(_AFTER_PREFIX, keys), values, strict=True))
+            try:  # C-level iteration only: every line starts with "agi_"; split them at their first ": "
+                mapping = dict(map(str.split, text[4:].split("\nagi_"), repeat(": "), repeat(1)))
+            except ValueError:
+                bad = next(ln for ln in text.split("\n") if ": " not in ln)
+                raise AgiProtocolError(f"malformed environment line {bad[:80]!r}") from None
         if "" in mapping:
             raise AgiProtocolError("malformed environment line with an empty agi_ key")
-        if len(mapping) != len(lines):
+        if len(mapping) != count:
             raise AgiProtocolError("duplicate key in the environment block")
         env = AgiEnv._from_dict(mapping)
         self._pos = self._scan = end

@@ -354,6 +354,13 @@ class _AgiProtocol(asyncio.Protocol):
         self._set_deadline(self._server.env_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._awaiting:  # direct mode, the usual chunk: one complete "200 result=" line
+            reply = self._codec.receive_reply(data)
+            if reply is not None:
+                self._deadline = None
+                self._awaiting = False
+                self._resume(reply, None)
+                return
         self._codec.receive_data(data)
         self._drain()
 

@@ -529,3 +529,249 @@ def test_works_under_uvloop() -> None:
     server = uvloop.run(guarded())
     assert seen[0] == "bar" and isinstance(seen[1], AgiTimeout)
     assert server.stats.failed["AgiTimeout"] == 1
+
+
+# ------------------------------------------------------------------ direct mode and promotion
+# A handler runs straight from the protocol's callbacks (no Task) until it awaits something that
+# is not an AGI command; it then moves into a Task for the rest of the session.  Every scenario
+# below runs on both event loops.
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run_on(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
+    async def guarded() -> None:
+        async with asyncio.timeout(20):  # hang guard: fail instead of blocking the suite
+            await scenario()
+
+    if loop == "uvloop":
+        pytest.importorskip("uvloop").run(guarded())
+    else:
+        asyncio.run(guarded())
+
+
+def serve(handler: Callable[[AgiSession], Awaitable[None]], **server_kw: Any) -> FastAgiServer:
+    routes = RouteTable()
+    routes.add("ivr", handler)
+    return FastAgiServer(routes, port=0, **server_kw)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_handler_moves_into_a_task_at_its_first_foreign_await(loop: str) -> None:
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        seen.append(asyncio.current_task())
+        await session.answer()
+        seen.append(asyncio.current_task())
+        await asyncio.sleep(0.001)
+        seen.append(asyncio.current_task())
+        seen.append(await session.get_variable("FOO"))
+        await asyncio.sleep(0)
+        seen.append(await session.get_variable("BAR"))
+
+    async def scenario() -> None:
+        server = await run_script(
+            handler,
+            [
+                (("ANSWER",), b"200 result=0\n"),
+                (("GET", "VARIABLE", "FOO"), b"200 result=1 (foo)\n"),
+                (("GET", "VARIABLE", "BAR"), b"200 result=1 (bar)\n"),
+            ],
+        )
+        assert (server.stats.completed, server.stats.current) == (1, 0)
+
+    run_on(loop, scenario)
+    assert seen[:2] == [None, None]  # direct mode: no Task
+    assert isinstance(seen[2], asyncio.Task)
+    assert seen[3:] == ["foo", "bar"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeout_and_wait_for_after_a_foreign_await(loop: str) -> None:
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        await asyncio.sleep(0)  # the documented way to get a Task before asyncio.timeout()
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            seen.append("timed out")
+        async with asyncio.timeout(10):
+            await session.answer()
+        seen.append(await asyncio.wait_for(session.get_variable("FOO"), 10))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+        await session.set_variable("GUICHET_DONE", "1")
+
+    async def scenario() -> None:
+        server = await run_script(
+            handler,
+            [
+                (("ANSWER",), b"200 result=0\n"),
+                (("GET", "VARIABLE", "FOO"), b"200 result=1 (foo)\n"),
+                (("SET", "VARIABLE", "GUICHET_DONE", "1"), b"200 result=1\n"),
+            ],
+        )
+        assert server.stats.completed == 1
+
+    run_on(loop, scenario)
+    assert seen == ["timed out", "foo"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_handler_raising_after_promotion_closes_and_counts(loop: str) -> None:
+    async def handler(session: AgiSession) -> None:
+        await session.answer()
+        await asyncio.sleep(0)
+        await session.verbose("promoted")
+        raise ValueError("boom after promotion")
+
+    async def scenario() -> None:
+        server = await run_script(
+            handler,
+            [(("ANSWER",), b"200 result=0\n"), (("VERBOSE", "promoted", "1"), b"200 result=1\n")],
+        )
+        assert server.stats.failed["ValueError"] == 1 and server.stats.completed == 0
+
+    run_on(loop, scenario)
+
+
+@pytest.mark.parametrize("promoted", [False, True], ids=["direct", "promoted"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_close_ends_a_waiting_session(loop: str, promoted: bool) -> None:
+    """server.close() while the handler awaits a reply (direct) or an asyncio future (Task)."""
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            if promoted:
+                await asyncio.Event().wait()
+            else:
+                await session.answer()  # never answered
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def scenario() -> None:
+        server = serve(handler)
+        await server.start()
+        fake = await FakeAsterisk.connect(server.port)
+        fake.send(ENV)
+        if not promoted:
+            assert isinstance(await fake.next_command(), Command)
+        await wait_until(lambda: server.stats.started == 1)
+        await asyncio.sleep(0.01)  # let a promoted handler reach its await
+        await server.close()
+        assert await fake.next_command() == ConnectionClosed()
+        fake.close()
+        assert server.stats.failed["Cancelled"] == 1 and server.stats.current == 0
+
+    run_on(loop, scenario)
+    assert seen == ["cancelled"]
+
+
+@pytest.mark.parametrize("promoted", [False, True], ids=["direct", "promoted"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_command_timeout_in_both_modes(loop: str, promoted: bool) -> None:
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        if promoted:
+            await asyncio.sleep(0)
+        try:
+            await session.answer()
+        except AgiTimeout as exc:
+            seen.append(exc)
+            raise
+
+    async def scenario() -> None:
+        async with serve(handler, command_timeout=0.1) as server:
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert isinstance(await fake.next_command(), Command)  # never answered
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.failed["AgiTimeout"] == 1
+
+    run_on(loop, scenario)
+    assert len(seen) == 1 and "ANSWER" in str(seen[0])
+
+
+@pytest.mark.parametrize("promoted", [False, True], ids=["direct", "promoted"])
+def test_session_timeout_while_awaiting_a_reply(promoted: bool) -> None:
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        if promoted:
+            await asyncio.sleep(0)
+        try:
+            await session.answer()  # never answered; command_timeout is longer
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def scenario() -> None:
+        async with serve(handler, session_timeout=0.1, command_timeout=30) as server:
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert isinstance(await fake.next_command(), Command)
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.failed["SessionTimeout"] == 1
+
+    run_on("asyncio", scenario)
+    assert seen == ["cancelled"]
+
+
+def test_hangup_reply_resumes_a_direct_handler_that_keeps_going() -> None:
+    """Asterisk closes while the handler waits: AgiHangup there, then every command fails at once."""
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        for _ in range(2):
+            try:
+                await session.answer()
+            except AgiHangup as exc:
+                seen.append(str(exc))
+
+    async def scenario() -> None:
+        async with serve(handler) as server:
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert isinstance(await fake.next_command(), Command)
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.completed == 1
+
+    run_on("asyncio", scenario)
+    assert len(seen) == 2 and "closed" in seen[1]
+
+
+def test_a_command_from_another_task_uses_a_future() -> None:
+    """A command awaited in a Task of the handler's own (gather) works, with the handler promoted;
+    two at once is refused."""
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        (value,) = await asyncio.gather(session.get_variable("FOO"))
+        seen.append(value)
+        with pytest.raises(RuntimeError, match="another command"):
+            await asyncio.gather(session.answer(), session.answer())
+
+    async def scenario() -> None:
+        async with serve(handler) as server:
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert await fake.next_command() == Command(("GET", "VARIABLE", "FOO"), "GET VARIABLE FOO")
+            fake.send(b"200 result=1 (foo)\n")
+            assert await fake.next_command() == Command(("ANSWER",), "ANSWER")  # the first one only
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.completed == 1
+
+    run_on("asyncio", scenario)
+    assert seen == ["foo"]
