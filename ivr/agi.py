@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Final, NamedTuple
 
@@ -85,26 +85,29 @@ NEED_DATA: Final = NeedData.NEED_DATA
 
 
 # --------------------------------------------------------------------------- environment
-@dataclass(frozen=True, slots=True)
 class AgiEnv(Mapping[str, str]):
     """The ``agi_*`` environment block: an immutable str -> str mapping, keys without ``agi_``.
 
     Built from the (key, value) pairs in the order Asterisk sent them.  ``calleridname`` keeps
     the backslashes exactly as sent (Asterisk only removes the outer quotes of the SIP display
     name: ``Zoé \\"VIP\\" <Dupré>``).  Missing keys read as ``""`` through the properties.
+    Equal (and hashed) by its pairs.
     """
 
-    pairs: tuple[tuple[str, str], ...]
-    _map: dict[str, str] = field(init=False, repr=False, compare=False)
+    __slots__ = ("_map", "_pairs")
+    _map: dict[str, str]
+    _pairs: tuple[tuple[str, str], ...] | None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_map", dict(self.pairs))
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        pairs = tuple(pairs)
+        object.__setattr__(self, "_pairs", pairs)
+        object.__setattr__(self, "_map", dict(pairs))
 
     @classmethod
     def _from_dict(cls, mapping: dict[str, str]) -> AgiEnv:
-        """Wrap a dict the caller hands over (no copy, no re-hashing)."""
+        """Wrap a dict the caller hands over (no copy, no re-hashing; pairs built on first use)."""
         env = cls.__new__(cls)
-        object.__setattr__(env, "pairs", tuple(mapping.items()))
+        object.__setattr__(env, "_pairs", None)
         object.__setattr__(env, "_map", mapping)
         return env
 
@@ -112,6 +115,32 @@ class AgiEnv(Mapping[str, str]):
     def of(cls, mapping: Mapping[str, str]) -> AgiEnv:
         """Build from a mapping whose keys may carry the ``agi_`` prefix or not."""
         return cls(tuple((k.removeprefix("agi_"), v) for k, v in mapping.items()))
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The (key, value) pairs in the order Asterisk sent them."""
+        pairs = self._pairs
+        if pairs is None:
+            pairs = tuple(self._map.items())
+            object.__setattr__(self, "_pairs", pairs)
+        return pairs
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"AgiEnv is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"AgiEnv is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AgiEnv):
+            return self.pairs == other.pairs
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.pairs)
+
+    def __repr__(self) -> str:
+        return f"AgiEnv(pairs={self.pairs!r})"
 
     def __getitem__(self, key: str) -> str:
         return self._map[key]
