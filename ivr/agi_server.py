@@ -8,9 +8,24 @@ back to the dialplan by closing the socket: when the environment block does not 
 unknown, when the bytes are garbage, and when the handler raises.  A failing session is logged
 with its channel name (never a variable's value) and never affects the other sessions.
 
-Built on ``asyncio.Protocol`` + one future per command (cheaper than streams); a single
-watchdog timer per connection enforces the environment, reply and session deadlines (it is
-re-armed lazily, not once per command).
+Built on ``asyncio.Protocol``, and the handler coroutine is driven by the protocol itself: a
+command yields a private marker, and ``data_received`` resumes the handler with
+``coro.send(reply)`` (or ``coro.throw(error)`` on hangup, timeout, EOF, server close) - no Task,
+no Future, no extra loop iteration per command.  When the handler awaits anything else (a
+future of asyncio, a database driver, ``asyncio.sleep``...), the session is *promoted*: the
+suspended coroutine moves into a real Task, which waits for that future and resumes it, and
+from then on that session's commands use one Future each.  The rule this gives a handler:
+
+* ``asyncio.current_task()`` is None until the handler's first non-AGI await; so
+  ``asyncio.timeout()`` (which needs a Task) works only after one - ``await asyncio.sleep(0)``
+  first to get a Task, or rely on the server's ``command_timeout`` / ``session_timeout``.
+  ``asyncio.wait_for`` and ``gather`` work everywhere (they run their argument in a Task of its
+  own, and a command awaited there uses a Future).
+* One command at a time per session (a second concurrent one raises RuntimeError).
+
+A single watchdog timer per connection enforces the environment, reply and session deadlines
+in both modes (it is re-armed lazily, not once per command); server ``close()`` cancels every
+handler where it waits, and every handler coroutine is closed.
 """
 
 from __future__ import annotations
