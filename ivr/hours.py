@@ -55,8 +55,6 @@ FRENCH_MONTHS: Final = (
     "décembre",
 )
 
-WHIT_MONDAY: Final = "Lundi de Pentecôte"
-
 
 class HoursConfigError(ValueError):
     """Opening hours given as data are wrong; the message starts with the key's path."""
@@ -86,30 +84,40 @@ def easter_sunday(year: int) -> date:
     return date(year, month, day + 1)
 
 
+def whit_monday(year: int) -> date:
+    """Whit Monday (lundi de Pentecôte): Easter + 50 days."""
+    return easter_sunday(year) + timedelta(days=50)
+
+
 @lru_cache(maxsize=256)
 def _holidays(year: int, alsace_moselle: bool) -> Mapping[date, str]:
     easter = easter_sunday(year)
-    days = {
-        date(year, 1, 1): "Jour de l'an",
-        easter + timedelta(days=1): "Lundi de Pâques",
-        date(year, 5, 1): "Fête du Travail",
-        date(year, 5, 8): "Victoire 1945",
-        easter + timedelta(days=39): "Ascension",
-        easter + timedelta(days=50): WHIT_MONDAY,
-        date(year, 7, 14): "Fête nationale",
-        date(year, 8, 15): "Assomption",
-        date(year, 11, 1): "Toussaint",
-        date(year, 11, 11): "Armistice 1918",
-        date(year, 12, 25): "Noël",
-    }
+    named = [
+        (date(year, 1, 1), "Jour de l'an"),
+        (easter + timedelta(days=1), "Lundi de Pâques"),
+        (date(year, 5, 1), "Fête du Travail"),
+        (date(year, 5, 8), "Victoire 1945"),
+        (easter + timedelta(days=39), "Ascension"),
+        (whit_monday(year), "Lundi de Pentecôte"),
+        (date(year, 7, 14), "Fête nationale"),
+        (date(year, 8, 15), "Assomption"),
+        (date(year, 11, 1), "Toussaint"),
+        (date(year, 11, 11), "Armistice 1918"),
+        (date(year, 12, 25), "Noël"),
+    ]
     if alsace_moselle:
-        days[easter - timedelta(days=2)] = "Vendredi saint"
-        days[date(year, 12, 26)] = "Saint-Étienne"
-    return dict(sorted(days.items()))
+        named += [(easter - timedelta(days=2), "Vendredi saint"), (date(year, 12, 26), "Saint-Étienne")]
+    days: dict[date, str] = {}
+    for day, name in sorted(named, key=lambda pair: pair[0]):
+        # Ascension can fall on 1 or 8 May (2008, 1975): one day, both names.
+        days[day] = f"{days[day]} et {name}" if day in days else name
+    return days
 
 
 def french_public_holidays(year: int, *, alsace_moselle: bool = False) -> dict[date, str]:
     """The French public holidays of ``year`` (date -> French name), in date order.
+
+    Two holidays on one day share it: "Fête du Travail et Ascension" (2008).
 
     ``alsace_moselle`` adds Good Friday and 26 December (Bas-Rhin, Haut-Rhin, Moselle).
     """
@@ -204,8 +212,8 @@ class Schedule:
         if any(closure.covers(day) for closure in self.closures):
             return ()
         if self.holidays_closed:
-            holiday = _holidays(day.year, self.alsace_moselle).get(day)
-            if holiday is not None and not (holiday == WHIT_MONDAY and self.solidarity_day_on_whit_monday):
+            holiday = day in _holidays(day.year, self.alsace_moselle)
+            if holiday and not (self.solidarity_day_on_whit_monday and day == whit_monday(day.year)):
                 return ()
         return self.weekly[day.weekday()]
 
@@ -230,7 +238,11 @@ def _aware(at: datetime, what: str) -> datetime:
 
 
 def _instant(schedule: Schedule, day: date, minutes: int) -> datetime:
-    """The UTC instant of a wall-clock time of a local day (1440 = the next midnight)."""
+    """The UTC instant of a wall-clock time of a local day (1440 = the next midnight).
+
+    Python's ``fold=0`` rule: a time repeated by the autumn change is its first occurrence; a
+    time skipped by the spring change is read shifted by the change (02:15 -> 03:15 CEST).
+    """
     if minutes == MINUTES_PER_DAY:
         day, minutes = day + timedelta(days=1), 0
     local = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=schedule.tz)
@@ -238,10 +250,9 @@ def _instant(schedule: Schedule, day: date, minutes: int) -> datetime:
 
 
 def _day_intervals(schedule: Schedule, day: date) -> Iterator[tuple[datetime, datetime]]:
+    """The UTC intervals of a local day; one may be empty or reversed in the spring gap (never open)."""
     for rng in schedule.ranges_on(day):
-        start, end = _instant(schedule, day, rng.start), _instant(schedule, day, rng.end)
-        if start < end:  # a range lying wholly in the spring-forward gap does not exist
-            yield start, end
+        yield _instant(schedule, day, rng.start), _instant(schedule, day, rng.end)
 
 
 def _intervals_from(
