@@ -439,8 +439,12 @@ class _AgiProtocol(asyncio.Protocol):
         self._pre_session_failure = None
         self._session_deadline = self._clock() + self._server.session_timeout
         self._arm()
-        awaitable = handler(AgiSession(self, env))
-        self._coro = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
+        try:
+            awaitable = handler(AgiSession(self, env))
+            self._coro = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
+        except Exception as exc:  # a handler that raises at once, or returns no awaitable
+            self._end(self._outcome(exc))
+            return
         self._resume(None, None)
 
     # -- driving the handler

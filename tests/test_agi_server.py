@@ -747,7 +747,7 @@ def test_hangup_reply_resumes_a_direct_handler_that_keeps_going() -> None:
         assert server.stats.completed == 1
 
     run_on("asyncio", scenario)
-    assert len(seen) == 2 and "closed" in seen[1]
+    assert len(seen) == 2 and "closed" in str(seen[1])
 
 
 def test_a_command_from_another_task_uses_a_future() -> None:
@@ -775,3 +775,19 @@ def test_a_command_from_another_task_uses_a_future() -> None:
 
     run_on("asyncio", scenario)
     assert seen == ["foo"]
+
+
+def test_handler_returning_no_awaitable_is_counted_and_closed() -> None:
+    def handler(session: AgiSession) -> None:
+        session.channel  # noqa: B018 - a plain function, not a coroutine function
+
+    async def scenario() -> None:
+        async with serve(handler) as server:  # type: ignore[arg-type]
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.failed["AttributeError"] == 1
+
+    run_on("asyncio", scenario)
