@@ -12,8 +12,9 @@
   into instants day by day so that the DST changes never stretch or shrink a day wrongly.
 * :func:`parse_hours` / :func:`parse_schedule` build schedules from plain dicts (what YAML
   gives), with errors that name the key (``hours.apa.monday[1]: '25:00' is not a time HH:MM``).
-* :func:`is_open`, :func:`next_opening` and :func:`closed_message` (French text suited to
-  speech synthesis: "Il rouvrira lundi 30 novembre à 8 h 30.").
+* :func:`is_open`, :func:`next_opening`, :func:`closed_message` (French text suited to
+  speech synthesis: "Il rouvrira lundi 30 novembre à 8 h 30.", then what the caller can do
+  meanwhile) and :func:`describe_hours` (the weekly hours, for an informational answer).
 * :func:`add_business_hours` and :func:`business_hours_between` count open time only, for the
   deadlines of callback requests (the KPI "callback SLA").
 
@@ -172,14 +173,16 @@ class Schedule:
     """Opening hours of one service or of the platform.
 
     ``weekly`` holds 7 tuples of ranges, Monday first (an empty tuple: closed that weekday).
-    ``label`` is how the closed message names it ("le service APA"); ``feminine`` agrees the
-    message with a feminine label ("la plateforme ... est actuellement fermée. Elle ...").
+    ``label`` is how the messages name it ("le service APA"); ``feminine`` agrees them with a
+    feminine label ("la plateforme ... est actuellement fermée. Elle ...").  ``advice`` ends
+    the closed message: what the caller can do meanwhile.
     """
 
     name: str
     weekly: tuple[tuple[TimeRange, ...], ...]
     label: str = ""
     feminine: bool = False
+    advice: str = ""
     timezone: str = PARIS
     holidays_closed: bool = True
     alsace_moselle: bool = False
@@ -304,9 +307,14 @@ def next_opening(
 
 def speech_time(local: datetime | time) -> str:
     """A time as French speech synthesis reads it well: '8 h 30', '14 h', '9 h 05'."""
-    if local.minute == 0:
-        return f"{local.hour} h"
-    return f"{local.hour} h {local.minute:02d}"
+    return _speech_minutes(local.hour * 60 + local.minute)
+
+
+def _speech_minutes(minutes: int) -> str:
+    if minutes == MINUTES_PER_DAY:
+        return "minuit"
+    hour, minute = divmod(minutes, 60)
+    return f"{hour} h" if minute == 0 else f"{hour} h {minute:02d}"
 
 
 def speech_day(day: date, today: date) -> str:
@@ -328,13 +336,45 @@ def closed_message(schedule: Schedule, at: datetime, *, horizon_days: int = DEFA
     reopening = next_opening(schedule, at, horizon_days=horizon_days)
     if reopening == at:
         raise ValueError(f"{schedule.name} is open at {at.isoformat()}")
-    label = schedule.label[:1].upper() + schedule.label[1:]
     closed, pronoun = ("fermée", "Elle") if schedule.feminine else ("fermé", "Il")
-    text = f"{label} est actuellement {closed}."
-    if reopening is None:
-        return text
-    today = at.astimezone(schedule.tz).date()
-    return f"{text} {pronoun} rouvrira {speech_day(reopening.date(), today)} à {speech_time(reopening)}."
+    sentences = [f"{_capitalised(schedule.label)} est actuellement {closed}."]
+    if reopening is not None:
+        today = at.astimezone(schedule.tz).date()
+        when = f"{speech_day(reopening.date(), today)} à {speech_time(reopening)}"
+        sentences.append(f"{pronoun} rouvrira {when}.")
+    if schedule.advice:
+        sentences.append(schedule.advice)
+    return " ".join(sentences)
+
+
+def describe_hours(schedule: Schedule) -> str:
+    """The weekly opening hours as a French sentence for speech synthesis.
+
+    ``Le service APA est ouvert du lundi au vendredi de 8 h 30 à 12 h 30 et de 13 h 30 à 17 h,
+    sauf les jours fériés.``  Exceptional closures and openings are not described.
+    """
+    groups: list[tuple[int, int, tuple[TimeRange, ...]]] = []  # first day, last day, ranges
+    for index, ranges in enumerate(schedule.weekly):
+        if groups and groups[-1][1] == index - 1 and groups[-1][2] == ranges:
+            groups[-1] = (groups[-1][0], index, ranges)
+        elif ranges:
+            groups.append((index, index, ranges))
+    label = _capitalised(schedule.label)
+    if not groups:
+        return f"{label} n'a pas d'horaires d'ouverture réguliers."
+    parts = []
+    for first, last, ranges in groups:
+        a, b = FRENCH_WEEKDAYS[first], FRENCH_WEEKDAYS[last]
+        days = f"le {a}" if first == last else f"le {a} et le {b}" if last == first + 1 else f"du {a} au {b}"
+        spans = " et ".join(f"de {_speech_minutes(r.start)} à {_speech_minutes(r.end)}" for r in ranges)
+        parts.append(f"{days} {spans}")
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])}, et {parts[-1]}"
+    except_holidays = ", sauf les jours fériés" if schedule.holidays_closed else ""
+    return f"{label} est {'ouverte' if schedule.feminine else 'ouvert'} {listed}{except_holidays}."
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 # --------------------------------------------------------------------------- business hours
@@ -379,6 +419,7 @@ _SCHEDULE_KEYS: Final = frozenset(
         *WEEKDAYS,
         "label",
         "feminine",
+        "advice",
         "timezone",
         "public_holidays",
         "alsace_moselle",
@@ -401,7 +442,7 @@ def parse_schedule(name: str, data: object, *, path: str) -> Schedule:
     """One schedule from a plain dict; every error names its key (``hours.apa.monday[1]: ...``).
 
     Keys: ``monday`` ... ``sunday`` (lists of "HH:MM-HH:MM", absent = closed), ``label``,
-    ``feminine``, ``timezone``, ``public_holidays`` ("closed" or "open"), ``alsace_moselle``,
+    ``feminine``, ``advice``, ``timezone``, ``public_holidays`` ("closed" or "open"), ``alsace_moselle``,
     ``solidarity_day_on_whit_monday``, ``closures`` (``{from, to, reason}``, ``to`` defaults
     to ``from``) and ``openings`` (``{date, ranges, reason}``).
     """
@@ -440,6 +481,7 @@ def parse_schedule(name: str, data: object, *, path: str) -> Schedule:
         weekly=weekly,
         label=_string(body.get("label", ""), f"{path}.label"),
         feminine=_bool(body.get("feminine", False), f"{path}.feminine"),
+        advice=_string(body.get("advice", ""), f"{path}.advice"),
         timezone=timezone,
         holidays_closed=public_holidays == "closed",
         alsace_moselle=_bool(body.get("alsace_moselle", False), f"{path}.alsace_moselle"),

@@ -13,12 +13,15 @@ from hypothesis import strategies as st
 
 from ivr.hours import (
     WEEKDAYS,
+    Closure,
     HoursConfigError,
     NoOpeningError,
     Schedule,
+    TimeRange,
     add_business_hours,
     business_hours_between,
     closed_message,
+    describe_hours,
     easter_sunday,
     french_public_holidays,
     is_open,
@@ -308,6 +311,52 @@ def test_closed_message_without_reopening_and_when_open() -> None:
         closed_message(APA, paris(2026, 11, 30, 10))
 
 
+def test_closed_message_ends_with_the_advice() -> None:
+    advice = "Vous pouvez laisser une demande de rappel en tapant 1."
+    assert closed_message(schedule(advice=advice), paris(2026, 11, 30, 18)) == (
+        f"Le service APA est actuellement fermé. Il rouvrira demain à 8 h 30. {advice}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (
+            {},
+            "Le service APA est ouvert du lundi au vendredi de 8 h 30 à 12 h 30 et de 13 h 30 à 17 h,"
+            " sauf les jours fériés.",
+        ),
+        (
+            {"friday": ["09:00-12:00"], "saturday": ["09:00-12:00"], "public_holidays": "open"},
+            "Le service APA est ouvert du lundi au jeudi de 8 h 30 à 12 h 30 et de 13 h 30 à 17 h,"
+            " et le vendredi et le samedi de 9 h à 12 h.",
+        ),
+        (
+            {"tuesday": [], "wednesday": ["14:00-24:00"], "thursday": []},
+            "Le service APA est ouvert le lundi de 8 h 30 à 12 h 30 et de 13 h 30 à 17 h,"
+            " le mercredi de 14 h à minuit, et le vendredi de 8 h 30 à 12 h 30 et de 13 h 30 à 17 h,"
+            " sauf les jours fériés.",
+        ),
+        (
+            {**{day: [] for day in WEEKDAYS}, "feminine": True},
+            "Le service APA n'a pas d'horaires d'ouverture réguliers.",
+        ),
+    ],
+)
+def test_describe_hours(body: dict[str, Any], text: str) -> None:
+    assert describe_hours(schedule(**body)) == text
+
+
+def test_describe_hours_agrees_with_a_feminine_label() -> None:
+    platform = parse_schedule(
+        "p", {"label": "la plateforme", "feminine": True, "sunday": ["10:00-11:00"]}, path="p"
+    )
+    assert (
+        describe_hours(platform)
+        == "La plateforme est ouverte le dimanche de 10 h à 11 h, sauf les jours fériés."
+    )
+
+
 def test_default_label_names_the_service() -> None:
     plain = parse_schedule("pmi", {}, path="hours.pmi")
     assert closed_message(plain, paris(2026, 11, 30)) == "Le service pmi est actuellement fermé."
@@ -461,6 +510,7 @@ def test_parse_hours_from_yaml() -> None:
         ({"public_holidays": "maybe"}, "hours.apa.public_holidays: 'maybe' is not 'closed' or 'open'"),
         ({"feminine": "yes"}, "hours.apa.feminine: expected true or false, got 'yes'"),
         ({"label": 3}, "hours.apa.label: expected a string, got 3"),
+        ({"advice": ["x"]}, "hours.apa.advice: expected a string, got ['x']"),
         ({"closures": [{"to": "2026-12-01"}]}, "hours.apa.closures[0]: missing key 'from'"),
         (
             {"closures": [{"from": "2026-02-30"}]},
@@ -505,3 +555,13 @@ def test_parse_refuses_a_non_mapping_and_a_datetime() -> None:
 def test_schedule_checks_direct_construction() -> None:
     with pytest.raises(ValueError, match="7 days"):
         Schedule(name="x", weekly=((),) * 6)
+    with pytest.raises(ValueError, match="bad time range"):
+        TimeRange(600, 600)
+    with pytest.raises(ValueError, match="bad time range"):
+        TimeRange(0, 1441)
+    with pytest.raises(ValueError, match="before it starts"):
+        Closure(date(2026, 12, 2), date(2026, 12, 1), "x")
+    with pytest.raises(ValueError, match="overlap"):
+        Schedule(name="x", weekly=((TimeRange(600, 700), TimeRange(650, 800)), *((),) * 6))
+    with pytest.raises(ValueError, match="overlap"):
+        Schedule(name="x", weekly=((TimeRange(700, 800), TimeRange(600, 650)), *((),) * 6))
