@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ivr.hours import (
     WEEKDAYS,
     Closure,
+    ExceptionalOpening,
     HoursConfigError,
     NoOpeningError,
     Schedule,
@@ -565,3 +566,6 @@ def test_schedule_checks_direct_construction() -> None:
         Schedule(name="x", weekly=((TimeRange(600, 700), TimeRange(650, 800)), *((),) * 6))
     with pytest.raises(ValueError, match="overlap"):
         Schedule(name="x", weekly=((TimeRange(700, 800), TimeRange(600, 650)), *((),) * 6))
+    twice = ExceptionalOpening(date(2026, 12, 5), (TimeRange(600, 700),), "forum")
+    with pytest.raises(ValueError, match="same day"):
+        Schedule(name="x", weekly=((),) * 7, openings=(twice, twice))
