@@ -809,8 +809,10 @@ def _check_graph(results: list[_FileResult], issues: list[MenuIssue]) -> None:
                     )
                 )
     for r in results:
-        # Nodes that failed to load may hide edges: only a fully loaded tree is checked for unreachable nodes.
-        if r.parsed and r.start in r.declared and len(r.nodes) == len(r.declared):
+        # A node that failed to load or a reference to an unknown node may hide edges (a typo's intended
+        # target would be reported as well): only a fully resolved tree is checked for unreachable nodes.
+        resolved = all(ref.tree or ref.target in r.declared for ref in r.refs)
+        if r.parsed and resolved and r.start in r.declared and len(r.nodes) == len(r.declared):
             inside = {k: [t for t in v if t[0] == r.name] for k, v in edges.items() if k[0] == r.name}
             reached = _reach([(r.name, r.start)], inside) | {(r.name, r.start)}
             for name, line in r.declared.items():
