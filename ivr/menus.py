@@ -40,7 +40,6 @@ TIMEOUT_RANGE_S: Final = (1, 30)
 RETRIES_RANGE: Final = (0, 5)
 DEFAULT_TIMEOUT_S: Final = 5
 DEFAULT_RETRIES: Final = 2
-AGENT_DIGIT: Final = "1"  # "press 1 to speak to an agent" after an info node
 
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _SOUND_RE: Final = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\Z")
@@ -503,13 +502,10 @@ class _FileReader:
             else:
                 self.error(value, key, f"expected a node (a mapping of fields), got {_kind(value)}")
             return None
-        kind = type_node.value if isinstance(type_node, yaml.ScalarNode) else ""
+        kind = type_node.value if isinstance(type_node, yaml.ScalarNode) else None
         if kind not in _SPECS:
-            self.error(
-                type_node,
-                f"{key}.type",
-                f"unknown node type {kind!r}{_suggest(kind, _SPECS)} (types: {', '.join(_SPECS)})",
-            )
+            shown = _kind(type_node) if kind is None else f"{kind!r}{_suggest(kind, _SPECS)}"
+            self.error(type_node, f"{key}.type", f"unknown node type {shown} (types: {', '.join(_SPECS)})")
             return None
         required, optional = _SPECS[kind]
         fields = self.mapping(value, key, required, optional | {"type"}, f"a {kind} node")

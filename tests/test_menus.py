@@ -117,6 +117,8 @@ def test_unknown_node_type(tmp_path: Path) -> None:
     line, key, message = only_issue(tmp_path, GOOD.replace("type: prompt", "type: promt"))
     assert (line, key) == (4, "nodes.accueil.type")
     assert "unknown node type 'promt'" in message and "did you mean 'prompt'" in message
+    line, _, message = only_issue(tmp_path, GOOD.replace("type: prompt", "type: [prompt]"))
+    assert line == 4 and message.startswith("unknown node type a list")
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
@@ -456,6 +458,19 @@ def test_default_menu_covers_the_services() -> None:
     transport = tree.node(main_menu.choice("4").next)  # type: ignore[union-attr]
     assert isinstance(transport, MenuNode)
     assert any(isinstance(tree.node(c.next), InfoNode) for c in transport.choices)
+
+
+def test_readme_node_examples_follow_the_schema(tmp_path: Path) -> None:
+    readme = (DIALPLANS / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    examples = [block for block in blocks if not block.startswith("description")]
+    assert len(examples) == 9  # one per node type
+    for example in examples:
+        name = example.split(":", 1)[0]
+        write(tmp_path, f"start: {name}\nnodes:\n" + textwrap.indent(example, "  "))
+        issues = check_menus(tmp_path, QUEUES)
+        # The examples point to nodes they do not show: only those references may fail.
+        assert all(issue.message.startswith(("unknown node", "unknown tree")) for issue in issues), issues
 
 
 # --- guichet menus check ------------------------------------------------------------
