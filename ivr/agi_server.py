@@ -23,9 +23,11 @@ from then on that session's commands use one Future each.  The rule this gives a
   own, and a command awaited there uses a Future).
 * One command at a time per session (a second concurrent one raises RuntimeError).
 
-A single watchdog timer per connection enforces the environment, reply and session deadlines
-in both modes (it is re-armed lazily, not once per command); server ``close()`` cancels every
-handler where it waits, and every handler coroutine is closed.
+The environment, reply and session deadlines are plain numbers on each connection; one timer
+for the whole server sweeps them every ``sweep_interval`` (a quarter of the smallest timeout,
+at most 1 s; a ``reply_timeout`` shorter than that fires up to ``sweep_interval`` late), in both
+modes.  Server ``close()`` cancels every handler where it waits, and every handler coroutine is
+closed.
 """
 
 from __future__ import annotations
@@ -154,13 +156,8 @@ class AgiSession:
             raise RuntimeError("AgiSession.command() called while another command awaits its reply")
         data = proto._codec.send_command(*words)
         proto._waiting_for = words
-        if reply_timeout is None:
-            # deadlines of default-timeout commands only move later: an armed watchdog is early
-            proto._deadline = proto._clock() + proto._command_timeout
-            if proto._watchdog is None:
-                proto._arm()
-        else:
-            proto._set_deadline(reply_timeout)
+        timeout = proto._command_timeout if reply_timeout is None else reply_timeout
+        proto._deadline = proto._clock() + timeout
         proto._write(data)
         if proto._driving:  # direct mode: the protocol resumes us with the reply (or throws)
             proto._awaiting = True
@@ -349,7 +346,6 @@ class _AgiProtocol(asyncio.Protocol):
         self._deadline: float | None = None
         self._session_deadline: float | None = None
         self._session_expired = False
-        self._watchdog: asyncio.TimerHandle | None = None
         self._closed: AgiError | None = None
         self._pre_session_failure: str | None = CONNECTION_CLOSED
         self._counted = False
@@ -366,7 +362,7 @@ class _AgiProtocol(asyncio.Protocol):
         stats.started += 1
         stats.current += 1
         self._server._connections.add(self)
-        self._set_deadline(self._server.env_timeout)
+        self._deadline = self._clock() + self._server.env_timeout
 
     def data_received(self, data: bytes) -> None:
         if self._awaiting:  # direct mode, the usual chunk: one complete "200 result=" line
@@ -386,9 +382,6 @@ class _AgiProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         self._deadline = None
         self._shut("the FastAGI connection is closed")
         if self._pre_session_failure is not None:
@@ -438,7 +431,6 @@ class _AgiProtocol(asyncio.Protocol):
             return
         self._pre_session_failure = None
         self._session_deadline = self._clock() + self._server.session_timeout
-        self._arm()
         try:
             awaitable = handler(AgiSession(self, env))
             self._coro = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
@@ -511,35 +503,11 @@ class _AgiProtocol(asyncio.Protocol):
         self._count(outcome)
         self._shut("the FastAGI session is finished")
 
-    # -- deadlines
-    # One timer per connection: it wakes at the earliest deadline (environment or reply, and
-    # session), and re-arms itself when the deadlines moved later meanwhile.
-    def _set_deadline(self, delay: float) -> None:
-        self._deadline = self._clock() + delay
-        self._arm()
-
-    def _wakeup(self) -> float | None:
-        deadline, session = self._deadline, self._session_deadline
-        if deadline is None or (session is not None and session < deadline):
-            return session
-        return deadline
-
-    def _arm(self) -> None:
-        wakeup = self._wakeup()
-        if wakeup is None:
-            return
-        watchdog = self._watchdog
-        if watchdog is not None:
-            if watchdog.when() <= wakeup:
-                return
-            watchdog.cancel()
-        self._watchdog = self._loop.call_at(wakeup, self._on_watchdog)
-
-    def _on_watchdog(self) -> None:
-        self._watchdog = None
+    # -- deadlines (checked by the server's sweep, see FastAgiServer._sweep)
+    def check_deadlines(self, now: float) -> None:
+        """End the session past its session deadline, or its environment / reply deadline."""
         if self._closed is not None:
             return
-        now = self._clock()
         if self._session_deadline is not None and now >= self._session_deadline:
             self._session_expired = True
             self._closed = AgiTimeout(f"session_timeout ({self._server.session_timeout}s) exceeded")
@@ -547,7 +515,6 @@ class _AgiProtocol(asyncio.Protocol):
             self._shut(self._closed)
             return
         if self._deadline is None or now < self._deadline:
-            self._arm()
             return
         if self._codec.env_received:
             message = f"no reply to {_command_name(self._waiting_for)} within the command timeout"
@@ -643,6 +610,9 @@ class FastAgiServer:
         self.stats = ServerStats()
         self._connections: set[_AgiProtocol] = set()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.sweep_interval = min(1.0, max(0.01, min(session_timeout, command_timeout, env_timeout) / 4))
+        """How often the deadlines are checked: a timeout fires up to this much late."""
 
     async def start(self) -> None:
         if self._server is not None:
@@ -651,6 +621,7 @@ class FastAgiServer:
         self._server = await loop.create_server(
             lambda: _AgiProtocol(self, loop), self.host, self._requested_port
         )
+        self._sweeper = loop.call_later(self.sweep_interval, self._sweep, loop, _loop_clock(loop))
         logger.info("FastAGI server listening on %s:%s", self.host, self.port)
 
     @property
@@ -666,6 +637,9 @@ class FastAgiServer:
         if server is None:
             return
         self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         server.close()
         protos = list(self._connections)
         tasks = [task for proto in protos if (task := proto.cancel()) is not None]
@@ -673,6 +647,14 @@ class FastAgiServer:
         for proto in protos:
             proto.after_cancel()
         await server.wait_closed()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+        """Every ``sweep_interval``: end the sessions past a deadline (one timer for the whole
+        server instead of one per connection or per command)."""
+        self._sweeper = loop.call_later(self.sweep_interval, self._sweep, loop, clock)
+        now = clock()
+        for proto in list(self._connections):
+            proto.check_deadlines(now)
 
     async def __aenter__(self) -> FastAgiServer:
         await self.start()

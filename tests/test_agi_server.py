@@ -791,3 +791,30 @@ def test_handler_returning_no_awaitable_is_counted_and_closed() -> None:
         assert server.stats.failed["AttributeError"] == 1
 
     run_on("asyncio", scenario)
+
+
+def test_reply_timeout_overrides_command_timeout() -> None:
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        await session.command("ANSWER", reply_timeout=30)
+        try:
+            await session.command("WAIT", "FOR", "DIGIT", "-1", reply_timeout=0.05)
+        except AgiTimeout as exc:
+            seen.append(exc)
+
+    async def scenario() -> None:
+        async with serve(handler, command_timeout=60) as server:
+            assert server.sweep_interval == 1.0
+            fake = await FakeAsterisk.connect(server.port)
+            fake.send(ENV)
+            assert await fake.next_command() == Command(("ANSWER",), "ANSWER")
+            fake.send(b"200 result=0\n")
+            assert isinstance(await fake.next_command(), Command)  # never answered
+            assert await fake.next_command() == ConnectionClosed()
+            fake.close()
+            await wait_until(lambda: server.stats.current == 0)
+        assert server.stats.completed == 1
+
+    run_on("asyncio", scenario)
+    assert len(seen) == 1 and "WAIT FOR DIGIT" in str(seen[0])
