@@ -1,4 +1,4 @@
-"""The ``guichet`` command: ``serve`` (against a real Asterisk) and ``demo`` (against the simulated PBX)."""
+"""The ``guichet`` command: ``serve`` (a real Asterisk), ``demo`` (the simulated PBX), ``menus check``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from guichet.config import ConfigError, Settings, load_settings
 from guichet.demo import DemoOptions, run_demo
 from guichet.engine import Engine, set_event_loop_policy
+from ivr import menu_check
 
 logger = logging.getLogger("guichet")
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the engine against a real Asterisk 22")
     serve.add_argument("--config", type=Path, help="TOML configuration file (default: embedded defaults)")
+
+    menus = commands.add_parser("menus", help="voice menu files: `guichet menus check [DIR]`")
+    menus.add_argument("action", choices=["check"], help="check: report every error, file:line: key: message")
+    menus.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet menus check --help`")
 
     demo = commands.add_parser("demo", help="run the engine against the simulated PBX, callers and agents")
     defaults = DemoOptions()
@@ -73,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "menus":
+            return menu_check.main(args.args)
         if args.command == "serve":
             settings = load_settings(args.config)
             settings.ami_secret()  # fail fast, before anything listens

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from guichet.cli import main
 from guichet.demo import DemoOptions, demo_agents, run_demo
+from tests.conftest import REPO
 
 
 async def test_demo_serves_every_call_and_shows_it() -> None:
@@ -79,3 +81,12 @@ def test_demo_command_runs_and_stops() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--- 3 calls placed, 3 finished, 0 sent to the general queue by the fail-safe" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_menus_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["menus", "check", str(REPO / "dialplans")]) == 0
+    assert "no error" in capsys.readouterr().out
+    (tmp_path / "broken.yaml").write_text("start: a\nnodes:\n  a:\n    type: qeue\n", encoding="utf-8")
+    assert main(["menus", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'broken.yaml'}:4: nodes.a.type:" in out
