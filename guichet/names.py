@@ -18,6 +18,8 @@ GUICHET_CITIZEN_ID: Final = "GUICHET_CITIZEN_ID"
 GUICHET_CONTACT_ID: Final = "GUICHET_CONTACT_ID"
 GUICHET_REASON: Final = "GUICHET_REASON"  # menu choice that routed the call (top reasons KPI)
 GUICHET_CALLBACK_ID: Final = "GUICHET_CALLBACK_ID"
+GUICHET_TRANSFER: Final = "GUICHET_TRANSFER"  # external number the dialplan must Dial (emergencies: 119)
+GUICHET_URGENCY: Final = "GUICHET_URGENCY"  # urgency level name chosen by the IVR (normal/high/urgent)
 
 # --- Asterisk channel variables ---------------------------------------------
 QUEUE_PRIO: Final = "QUEUE_PRIO"
