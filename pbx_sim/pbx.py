@@ -312,7 +312,7 @@ class SimulatedPbx:
     # --- Originate ----------------------------------------------------------------------
     def originate(self, headers: Mapping[str, str], variables: Sequence[str], action_id: str | None) -> None:
         """Async Originate: the outcome comes later as OriginateResponse."""
-        self._spawn(self.originate_now(headers, variables, action_id, report=True))
+        _ = self._spawn(self.originate_now(headers, variables, action_id, report=True))
 
     async def originate_now(
         self,
