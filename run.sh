@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 VENV=${GUICHET_VENV:-.venv}
 # Debian packages each verb needs (installed only when missing).
 DEB_BASE=(python3 python3-venv python3-dev gcc)
-DEB_TEST=()
+DEB_TEST=(espeak-ng sox)  # prompt synthesis (guichet prompts build) and its tests
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -58,7 +58,7 @@ case "$verb" in
         exec "$VENV/bin/guichet" demo "$@"
         ;;
     test)
-        ensure_debs "${DEB_BASE[@]}" ${DEB_TEST[@]+"${DEB_TEST[@]}"}
+        ensure_debs "${DEB_BASE[@]}" "${DEB_TEST[@]}"
         ensure_venv
         echo "==> ruff"
         "$VENV/bin/ruff" check .
