@@ -1,6 +1,9 @@
 """``guichet menus check [DIR]``: report every error of the menu files, one line each.
 
-Each line reads ``file:line: key: message``; a summary follows.  The exit status
+Each line reads ``file:line: key: message``; a summary follows.  Prompt texts
+must be synthesisable (not empty, not too long); with ``--sounds DIR``, every
+prompt's sound must exist as ``DIR/<name>.wav`` (``guichet prompts build``
+makes the synthesised ones), so that no call ever meets a missing file.  The exit status
 is 0 when the menus are valid, 1 otherwise.
 """
 
@@ -12,12 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, TextIO
 
-from ivr.main_menu import CHOICES, GENERAL
-from ivr.menus import check_menus
+from ivr.menus import MenuIssue, MenuValidationError, load_menus
+from ivr.prompt_names import prompt_issues
+from ivr.services import SERVICE_QUEUES
 
 DEFAULT_DIR: Final = Path("dialplans")
-# The service queues the dialplan knows (asterisk_conf/queues.conf), those of the built-in menu.
-DEFAULT_QUEUES: Final = frozenset({GENERAL.queue, *(choice.queue for choice in CHOICES.values())})
+# The service queues the dialplan knows (asterisk_conf/queues.conf).
+DEFAULT_QUEUES: Final = frozenset(SERVICE_QUEUES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a known opening-hours schedule (repeatable; default: schedule names are not checked)",
     )
+    parser.add_argument(
+        "--sounds",
+        type=Path,
+        metavar="DIR",
+        help="sounds folder: every prompt must exist there as <name>.wav (default: not checked)",
+    )
     return parser
 
 
@@ -47,7 +57,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     args = build_parser().parse_args(argv)
     queues = frozenset(args.queues) if args.queues else DEFAULT_QUEUES
-    issues = check_menus(args.directory, queues, known_schedules=args.schedules)
+    issues: list[MenuIssue] | tuple[MenuIssue, ...]
+    try:
+        menus = load_menus(args.directory, queues, known_schedules=args.schedules)
+    except MenuValidationError as exc:
+        issues = exc.errors
+    else:
+        issues = prompt_issues(menus, args.sounds)
     for issue in issues:
         print(issue, file=out)
     if issues:
