@@ -3,7 +3,9 @@
 The engine runs exactly as with a real Asterisk: its FastAGI server takes the
 calls the simulated PBX sends through the inbound dialplan, and its AMI client
 logs in to the simulated PBX's AMI server and watches the queue events.  The
-console shows, live, what the engine sees over AMI.
+console shows, live, what the engine sees over AMI.  The voice menus are those of
+``dialplans/``, with every schedule open (the demo runs at any hour); each
+simulated caller presses a main-menu key and a sub-menu key that end in a queue.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import TextIO
 
 from guichet.config import AgiSettings, Secret, Settings
 from guichet.console import ConsoleBoard
-from guichet.engine import Engine
-from ivr.main_menu import CHOICES
+from guichet.engine import Engine, default_menu_engine
+from ivr.routes import build_routes
+from ivr.services import SERVICE_QUEUES
 from pbx_sim import (
     CallerScript,
     CallHandle,
@@ -34,7 +37,9 @@ from pbx_sim import (
 from routing.ami import AmiMessage
 
 DEMO_USER = "guichet"
-QUEUES = tuple(sorted({choice.queue for choice in CHOICES.values()}))
+QUEUES = tuple(sorted(SERVICE_QUEUES))
+# Keys of the default menu (dialplans/guichet.yaml) that end in a queue: a service, then a sub-menu key.
+MENU_KEYS = ("11", "12", "22", "33", "41", "43", "52", "0")
 # Each agent's skills: the general front office plus the services they know.
 AGENT_SKILLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Agent Alice", ("general", "apa", "mdph")),
@@ -86,7 +91,7 @@ class Demo:
         self.result = DemoResult()
         self.secret = Secret(secrets.token_urlsafe(18))
         self.settings = replace(Settings(), agi=replace(AgiSettings(), port=options.agi_port))
-        self.engine = Engine(self.settings, self.secret)
+        self.engine = Engine(self.settings, self.secret, build_routes(default_menu_engine(open_all_day=True)))
         self.engine.subscribe("*", self._on_event)
         self.pbx: SimulatedPbx | None = None
         self._started = time.monotonic()
@@ -138,7 +143,7 @@ class Demo:
 
     async def _place_calls(self, pbx: SimulatedPbx) -> None:
         options = self.options
-        callers = PoissonCallers(options.rate_per_min, menu_choices=(*CHOICES, "9"))
+        callers = PoissonCallers(options.rate_per_min, menu_choices=MENU_KEYS)
         deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
         handles: list[CallHandle] = []
         for gap, script in callers.generate(random.Random(options.seed), options.calls):

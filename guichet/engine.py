@@ -2,20 +2,96 @@
 
 :class:`Engine` owns the server and the client, starts them in order
 and always stops them, whatever failed in between.  The AGI routes come from
-:func:`ivr.routes.build_routes`.
+:func:`ivr.routes.build_routes`, with the menu engine of :func:`default_menu_engine`
+(the menus of ``dialplans/``, the hours and urgency rules of ``dialplans/settings/``)
+unless given.  Invalid menus or settings raise :class:`ConfigError` before anything
+listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+from zoneinfo import ZoneInfo
 
-from guichet.config import Secret, Settings
+import yaml
+
+from guichet.config import ConfigError, Secret, Settings
 from ivr.agi_server import FastAgiServer, RouteTable
+from ivr.callers import CitizenDirectory, InMemoryDirectory
+from ivr.hours import MINUTES_PER_DAY, PARIS, HoursConfigError, Schedule, TimeRange, parse_hours
+from ivr.menu_engine import CallbackSink, InMemoryCallbackSink, MenuEngine
+from ivr.menus import MenuValidationError, load_menus
 from ivr.routes import IVR_ROUTE, build_routes
+from ivr.services import SERVICE_QUEUES
+from ivr.urgency import UrgencyConfigError, parse_rules
 from routing.ami_client import AmiClient, EventCallback
 
 logger = logging.getLogger(__name__)
+
+MENUS_DIR: Final = Path(__file__).resolve().parents[1] / "dialplans"
+HOURS_FILE: Final = "settings/hours.yaml"
+URGENCY_FILE: Final = "settings/urgency.yaml"
+
+
+def paris_now() -> datetime:
+    """The real clock, in Europe/Paris (the engine's ``now`` in production)."""
+    return datetime.now(ZoneInfo(PARIS))
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from exc
+
+
+def always_open(schedules: Mapping[str, Schedule]) -> dict[str, Schedule]:
+    """The same schedules open day and night, every day (the demo runs at any hour)."""
+    all_day = (TimeRange(0, MINUTES_PER_DAY),)
+    return {
+        name: dataclasses.replace(
+            schedule, weekly=(all_day,) * 7, holidays_closed=False, closures=(), openings=()
+        )
+        for name, schedule in schedules.items()
+    }
+
+
+def default_menu_engine(
+    directory: Path = MENUS_DIR,
+    *,
+    citizens: CitizenDirectory | None = None,
+    callbacks: CallbackSink | None = None,
+    open_all_day: bool = False,
+) -> MenuEngine:
+    """The menus of ``directory``, its ``settings/hours.yaml`` and ``settings/urgency.yaml``.
+
+    Raises :class:`ConfigError` with every issue (file, line, key) when anything is invalid.
+    Until ``citizens/`` provides them, the directory and the callback sink live in memory.
+    """
+    try:
+        schedules = parse_hours(_read_yaml(directory / HOURS_FILE), path=str(directory / HOURS_FILE))
+        rules = parse_rules(_read_yaml(directory / URGENCY_FILE), key=str(directory / URGENCY_FILE))
+        menus = load_menus(directory, SERVICE_QUEUES, known_schedules=schedules.keys())
+    except (HoursConfigError, UrgencyConfigError) as exc:
+        raise ConfigError(str(exc)) from exc
+    except MenuValidationError as exc:
+        raise ConfigError(f"invalid voice menus in {directory}:\n{exc}") from exc
+    return MenuEngine(
+        menus,
+        schedules=always_open(schedules) if open_all_day else schedules,
+        rules=rules,
+        directory=citizens if citizens is not None else InMemoryDirectory(),
+        callbacks=callbacks if callbacks is not None else InMemoryCallbackSink(),
+        now=paris_now,
+    )
 
 
 def set_event_loop_policy(settings: Settings) -> None:
@@ -36,7 +112,7 @@ class Engine:
     def __init__(self, settings: Settings, secret: Secret, routes: RouteTable | None = None) -> None:
         self.settings = settings
         self.agi = FastAgiServer(
-            routes or build_routes(),
+            routes or build_routes(default_menu_engine()),
             host=settings.agi.host,
             port=settings.agi.port,
             env_timeout=settings.agi.env_timeout_s,

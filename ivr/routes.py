@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Final
 
 from ivr.agi_server import RouteTable
-from ivr.main_menu import main_menu
+from ivr.menu_engine import MenuEngine
 
 IVR_ROUTE: Final = "ivr"
 
 
-def build_routes() -> RouteTable:
-    """Every AGI route the dialplan calls, by name."""
+def build_routes(menus: MenuEngine) -> RouteTable:
+    """Every AGI route the dialplan calls, by name: ``ivr`` runs the voice menus of ``menus``."""
     routes = RouteTable()
-    routes.add(IVR_ROUTE, main_menu)
+    routes.add(IVR_ROUTE, menus.handle)
     return routes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 _FUNCTION = re.compile(r"^([A-Z_]+)\((.*)\)$")
 DTMF_DURATION_MS = 280  # RFC 2833 digits of the recordings (SIPp's dtmf_2833 pcaps)
+DIAL_ANSWER_S = 3.0  # Dial(): the external number answers after ringing this long
+DIAL_TALK_S = 20.0  # ... and hangs up after this long, unless the caller hangs up first
 
 
 @dataclass
@@ -37,6 +40,7 @@ class CallOutcome:
     abandoned: bool = False
     queuestatus: str | None = None
     agistatus: str | None = None
+    transferred_to: str | None = None  # the number Dial() reached (an emergency transfer)
     path: list[str] = field(default_factory=list)  # "context,exten,priority:App" of every step run
 
 
@@ -250,7 +254,9 @@ class Call:
                 target = evaluate_gotoif(data)
                 index = label_index(steps, target) if target else index + 1
                 continue
-            if step.app == "Queue":
+            if step.app == "Dial":
+                await self._dial(data)
+            elif step.app == "Queue":
                 jump = await self._queue(data)
                 if jump is not None:
                     context, exten = jump
@@ -306,6 +312,55 @@ class Call:
         self.emit("Hangup", "call,all", ("Cause", cause[0]), ("Cause-txt", cause[1]))
         self.pbx.device_changed(f"PJSIP/{self.script.endpoint}", "UNAVAILABLE")
         self.pbx.call_ended(self)
+
+    # --- Dial() -------------------------------------------------------------------------
+    async def _dial(self, data: str) -> None:
+        """Dial(PJSIP/<number>@<endpoint>,<ring s>): the callee answers after :data:`DIAL_ANSWER_S`
+        and talks :data:`DIAL_TALK_S`; DialBegin / DialState / DialEnd as recorded."""
+        target, _, timeout = data.partition(",")
+        dial_string = target.partition("/")[2]
+        number, _, endpoint = dial_string.partition("@")
+        pbx = self.pbx
+        # The PBX's channel factory keeps Asterisk's counters (pbx.py has no outbound-channel helper yet).
+        dest = pbx._factory.pjsip(endpoint or number, "from-trunk", number, self.channel.linkedid)
+        dest.caller_num = self.channel.caller_num
+        dest.connected_num, dest.connected_name = self.channel.caller_num, self.channel.caller_name
+        pbx.emit(dest.event("Newchannel", "call,all"))
+        self.emit("DialBegin", "call,all", ("DialString", dial_string), dest=dest)
+        dest.state = ChannelState.RINGING
+        pbx.emit(dest.event("Newstate", "call,all"))
+        self.emit("DialState", "call,all", ("DialStatus", "RINGING"), dest=dest)
+        ring_s = float(timeout) if timeout else math.inf
+        answers = ring_s > DIAL_ANSWER_S
+        if not await self.sleep(min(DIAL_ANSWER_S, ring_s)):
+            status = "CANCEL"
+        elif not answers:
+            status = "NOANSWER"
+        else:
+            status = "ANSWER"
+        if status != "ANSWER":
+            self.emit("DialEnd", "call,all", ("DialStatus", status), dest=dest)
+            pbx.emit(dest.event("Hangup", "call,all", ("Cause", "0"), ("Cause-txt", "Unknown")))
+            self.set_var("DIALSTATUS", status)
+            return
+        dest.state = ChannelState.UP
+        pbx.emit(dest.event("Newstate", "call,all"))
+        self.emit("DialEnd", "call,all", ("DialStatus", "ANSWER"), dest=dest)
+        self.outcome.transferred_to = number
+        bridge = pbx.new_bridge_id()
+        pbx.emit_bridge("BridgeCreate", bridge, 0)
+        pbx.emit_bridge("BridgeEnter", bridge, 1, dest)
+        pbx.emit_bridge("BridgeEnter", bridge, 2, self.channel)
+        self.in_bridge = True
+        callee_hangs_up = await self.sleep(DIAL_TALK_S)
+        if callee_hangs_up:
+            pbx.emit(dest.event("HangupRequest", "call,all"))
+        pbx.emit_bridge("BridgeLeave", bridge, 1, self.channel)
+        pbx.emit_bridge("BridgeLeave", bridge, 0, dest)
+        pbx.emit_bridge("BridgeDestroy", bridge, 0)
+        self.in_bridge = False
+        pbx.emit(dest.event("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing")))
+        self.set_var("DIALSTATUS", "ANSWER")
 
     # --- Queue() ------------------------------------------------------------------------
     def assign(self, member: QueueMember) -> None:

@@ -4,7 +4,7 @@ A :class:`Dialplan` maps contexts to extensions to a tuple of :class:`Step`
 (priority = index + 1).  ``Application`` and ``AppData`` are kept as the text
 extensions.conf would hold, so a later check can compare them line by line
 with ``asterisk_conf/extensions.conf``.  The simulated PBX interprets the few
-applications used here: Answer, NoOp, Set, AGI, GotoIf, Playback, Queue, Hangup.
+applications used here: Answer, NoOp, Set, AGI, GotoIf, Playback, Queue, Dial, Hangup.
 
 The flow of :func:`inbound_dialplan` (fail-safe: losing the engine never loses
 the call)::
@@ -12,13 +12,16 @@ the call)::
     Answer()
     Set(CHANNEL(language)=fr)
     AGI(agi://host:port/ivr)
-    GotoIf($["${GUICHET_IVR_DONE}" = "1" & "${GUICHET_QUEUE}" != ""]?queue)
+    GotoIf($["${GUICHET_IVR_DONE}" = "1" & "${GUICHET_QUEUE}${GUICHET_TRANSFER}" != ""]?handoff)
     Playback(<apology>)                    ; engine down, closed at once, variables missing
     Queue(<fallback queue>,,,,<max wait>)
     Hangup()
+    handoff: GotoIf($["${GUICHET_TRANSFER}" != ""]?transfer)
     queue: Set(QUEUE_PRIO=${GUICHET_PRIO})
     Queue(${GUICHET_QUEUE},,,,<max wait>)
     [AGI(agi://host:port/overflow,${QUEUESTATUS},${QUEUEPOSITION},${QUEUEWAIT},${GUICHET_QUEUE})]
+    Hangup()
+    transfer: Dial(PJSIP/${GUICHET_TRANSFER}@<trunk>,<ring time>)   ; emergencies (119)
     Hangup()
 """
 
@@ -28,7 +31,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE, QUEUE_PRIO
+from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE, GUICHET_TRANSFER, QUEUE_PRIO
 
 INBOUND_CONTEXT = "from-citizens"
 QUEUE_EXIT_CONTEXT = "queue-exit"
@@ -113,6 +116,8 @@ def inbound_dialplan(
     apology: str = "guichet/service-indisponible",
     overflow: bool = False,
     exit_route: str = "callback-offer",
+    trunk: str = "trunk",
+    transfer_ring_s: int = 60,
 ) -> Dialplan:
     """The inbound flow (see the module docstring); ``agi_url`` is ``agi://host:port``."""
     queue_steps: list[Step] = [
@@ -126,15 +131,19 @@ def inbound_dialplan(
                 f"{agi_url}/overflow,${{QUEUESTATUS}},${{QUEUEPOSITION}},${{QUEUEWAIT}},${{{GUICHET_QUEUE}}}",
             )
         )
+    handed_back = f"${{{GUICHET_QUEUE}}}${{{GUICHET_TRANSFER}}}"  # a queue or a number to dial
     inbound = (
         Step("Answer"),
         Step("Set", "CHANNEL(language)=fr"),
         Step("AGI", f"{agi_url}/ivr"),
-        Step("GotoIf", f'$["${{{GUICHET_IVR_DONE}}}" = "1" & "${{{GUICHET_QUEUE}}}" != ""]?queue'),
+        Step("GotoIf", f'$["${{{GUICHET_IVR_DONE}}}" = "1" & "{handed_back}" != ""]?handoff'),
         Step("Playback", apology),
         Step("Queue", f"{fallback_queue},,,,{max_wait_s}"),
         Step("Hangup"),
+        Step("GotoIf", f'$["${{{GUICHET_TRANSFER}}}" != ""]?transfer', label="handoff"),
         *queue_steps,
+        Step("Hangup"),
+        Step("Dial", f"PJSIP/${{{GUICHET_TRANSFER}}}@{trunk},{transfer_ring_s}", label="transfer"),
         Step("Hangup"),
     )
     exit_steps = (Step("AGI", f"{agi_url}/{exit_route}"), Step("Hangup"))
