@@ -1,4 +1,4 @@
-"""The ``guichet`` command: ``serve`` (a real Asterisk), ``demo`` (the simulated PBX), ``menus check``."""
+"""The ``guichet`` command: ``serve``, ``demo``, ``menus check``, ``prompts build``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from guichet.config import ConfigError, Settings, load_settings
 from guichet.demo import DemoOptions, run_demo
 from guichet.engine import Engine, set_event_loop_policy
-from ivr import menu_check
+from ivr import menu_check, prompts
 
 logger = logging.getLogger("guichet")
 
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     menus = commands.add_parser("menus", help="voice menu files: `guichet menus check [DIR]`")
     menus.add_argument("action", choices=["check"], help="check: report every error, file:line: key: message")
     menus.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet menus check --help`")
+
+    build = commands.add_parser("prompts", help="voice prompts: `guichet prompts build [MENU_DIR] --out DIR`")
+    build.add_argument("action", choices=["build"], help="build: synthesise every text (espeak-ng + sox)")
+    build.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet prompts build --help`")
 
     demo = commands.add_parser("demo", help="run the engine against the simulated PBX, callers and agents")
     defaults = DemoOptions()
@@ -80,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "menus":
             return menu_check.main(args.args)
+        if args.command == "prompts":
+            return prompts.main(args.args)
         if args.command == "serve":
             settings = load_settings(args.config)
             settings.ami_secret()  # fail fast, before anything listens

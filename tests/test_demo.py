@@ -90,3 +90,12 @@ def test_cli_menus_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["menus", "check", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"{tmp_path / 'broken.yaml'}:4: nodes.a.type:" in out
+
+
+def test_cli_prompts_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "build", str(REPO / "dialplans"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 recorded file(s) referenced" in out
+    built = sorted((tmp_path / "guichet").glob("tts-*.wav"))
+    assert built
+    assert f"{len(built)} built" in out
