@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -70,6 +70,7 @@ def default_menu_engine(
     citizens: CitizenDirectory | None = None,
     callbacks: CallbackSink | None = None,
     open_all_day: bool = False,
+    now: Callable[[], datetime] = paris_now,
 ) -> MenuEngine:
     """The menus of ``directory``, its ``settings/hours.yaml`` and ``settings/urgency.yaml``.
 
@@ -90,7 +91,7 @@ def default_menu_engine(
         rules=rules,
         directory=citizens if citizens is not None else InMemoryDirectory(),
         callbacks=callbacks if callbacks is not None else InMemoryCallbackSink(),
-        now=paris_now,
+        now=now,
     )
 
 
