@@ -7,6 +7,7 @@ the AGI commands (AGIExecStart events), and on the callback requests the engine 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from guichet.config import ConfigError
 from guichet.engine import default_menu_engine
 from guichet.names import (
     GUICHET_CALLBACK_ID,
@@ -32,7 +34,7 @@ from ivr import menu_engine
 from ivr.agi import AgiEnv
 from ivr.agi_server import FastAgiServer
 from ivr.callers import CitizenRef, ContactRef, InMemoryDirectory, normalise
-from ivr.hours import closed_message
+from ivr.hours import closed_message, is_open
 from ivr.menu_engine import (
     REPEAT_CALLER_PROMPT,
     CallbackRequest,
@@ -468,3 +470,57 @@ def test_callback_number_needs_a_number_to_call() -> None:
     assert callback_number(normalise("115")) == "115"
     assert callback_number(normalise("anonymous")) is None
     assert callback_number(normalise(NUMBER, "32")) is None  # presentation restricted
+
+
+# --- Wiring: invalid configuration refuses to start ------------------------------------------------
+
+
+def settings_dir(tmp_path: Path) -> Path:
+    """A copy of the default menus and settings, to break one file at a time."""
+    (tmp_path / "settings").mkdir()
+    for name in ("guichet.yaml", "settings/hours.yaml", "settings/urgency.yaml"):
+        (tmp_path / name).write_text(
+            (REPO / "dialplans" / name).read_text(encoding="utf-8"), encoding="utf-8"
+        )
+    return tmp_path
+
+
+def test_an_invalid_menu_refuses_to_start_with_file_line_and_key(tmp_path: Path) -> None:
+    folder = settings_dir(tmp_path)
+    (folder / "broken.yaml").write_text("start: a\nnodes:\n  a:\n    type: qeue\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{folder / 'broken.yaml'}:4: nodes.a.type: unknown")):
+        default_menu_engine(folder)
+
+
+def test_a_menu_naming_an_unknown_schedule_refuses_to_start(tmp_path: Path) -> None:
+    folder = settings_dir(tmp_path)
+    menu = folder / "guichet.yaml"
+    menu.write_text(menu.read_text(encoding="utf-8").replace("schedule: plateforme", "schedule: platforme"))
+    with pytest.raises(ConfigError, match=r"guichet\.yaml:\d+: nodes\.ouverture\.schedule: unknown schedule"):
+        default_menu_engine(folder)
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "message"),
+    [
+        ("settings/hours.yaml", '"08:30-17:30"', '"17:30-08:30"', r"hours\.yaml\.plateforme\.monday\[0\]"),
+        ("settings/urgency.yaml", "raise: 1", "raise: -1", r"urgency\.yaml\.repeat_caller\.raise"),
+    ],
+    ids=["hours", "urgency"],
+)
+def test_invalid_settings_refuse_to_start_naming_the_key(
+    tmp_path: Path, name: str, old: str, new: str, message: str
+) -> None:
+    folder = settings_dir(tmp_path)
+    path = folder / name
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        default_menu_engine(folder)
+
+
+def test_the_demo_schedules_are_open_day_and_night() -> None:
+    engine = default_menu_engine(open_all_day=True)
+    assert engine.schedules.keys() == default_menu_engine().schedules.keys()
+    for moment in (SATURDAY, ASCENSION, datetime(2026, 5, 15, 3, 0, tzinfo=PARIS)):
+        assert all(is_open(schedule, moment) for schedule in engine.schedules.values())
+    assert not is_open(default_menu_engine().schedules["plateforme"], SATURDAY)
