@@ -465,6 +465,15 @@ async def test_caller_name_with_a_newline_is_kept_and_never_sent_back(make_rig: 
     assert not any("Zoé" in command for command in seen.agi_commands())
 
 
+async def test_a_withheld_number_asking_for_a_callback_reaches_the_service_instead(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig()
+    seen = await rig.call(CallerScript("anonymous", keys=keys("32")))
+    assert rig.sink.requests == []
+    assert_queued(seen, Queued("mdph", 0, "normal", "mdph-suivi-dossier"))
+
+
 def test_callback_number_needs_a_number_to_call() -> None:
     assert callback_number(normalise(NUMBER)) == E164
     assert callback_number(normalise("115")) == "115"
