@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ from guichet.config import ConfigError, Settings, load_settings
 from guichet.demo import DemoOptions, run_demo
 from guichet.engine import Engine, set_event_loop_policy
 from ivr import menu_check, prompts
+from ivr.menu_engine import ENGINE_PROMPTS
+from routing.errors import AmiAuthError, AmiConnectionLost
 
 logger = logging.getLogger("guichet")
 
@@ -66,12 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(settings: Settings) -> None:
     engine = Engine(settings, settings.ami_secret())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
         await engine.start()
         for line in engine.addresses():
             logger.info("%s", line)
-        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+        await stop.wait()  # until SIGTERM (or Ctrl-C, which cancels us)
+        logger.info("SIGTERM: stopping")
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await engine.close()
 
 
@@ -85,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "menus":
             return menu_check.main(args.args)
         if args.command == "prompts":
-            return prompts.main(args.args)
+            return prompts.main(args.args, extra_texts=[p.text for p in ENGINE_PROMPTS.values()])
         if args.command == "serve":
             settings = load_settings(args.config)
             settings.ami_secret()  # fail fast, before anything listens
@@ -109,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"guichet: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (AmiAuthError, AmiConnectionLost) as exc:
+        print(f"guichet: cannot log in to the AMI: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("guichet: stopped", file=sys.stderr)
         return 130

@@ -59,9 +59,17 @@ class AmiSettings:
 
 
 @dataclass(frozen=True)
+class IvrSettings:
+    """Where the voice menus live (with their settings/hours.yaml and settings/urgency.yaml)."""
+
+    menus_dir: str = ""  # empty: the dialplans/ folder shipped with Guichet
+
+
+@dataclass(frozen=True)
 class Settings:
     agi: AgiSettings = AgiSettings()
     ami: AmiSettings = AmiSettings()
+    ivr: IvrSettings = IvrSettings()
     loop: LoopName = "uvloop"
     source: str = "<defaults>"
 
@@ -88,7 +96,11 @@ class Settings:
         return Secret(value)
 
 
-_SECTIONS: dict[str, type[AgiSettings] | type[AmiSettings]] = {"agi": AgiSettings, "ami": AmiSettings}
+_SECTIONS: dict[str, type[AgiSettings] | type[AmiSettings] | type[IvrSettings]] = {
+    "agi": AgiSettings,
+    "ami": AmiSettings,
+    "ivr": IvrSettings,
+}
 
 
 def _check_value(where: str, name: str, expected: type, value: Any) -> Any:
@@ -127,7 +139,7 @@ def parse_settings(data: Mapping[str, Any], source: str) -> Settings:
     if loop not in ("uvloop", "asyncio"):
         raise ConfigError(f"{source}: loop: expected 'uvloop' or 'asyncio', got {loop!r}")
     sections = {name: _section(source, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()}
-    return Settings(agi=sections["agi"], ami=sections["ami"], loop=loop, source=source)
+    return Settings(agi=sections["agi"], ami=sections["ami"], ivr=sections["ivr"], loop=loop, source=source)
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -64,6 +64,11 @@ def always_open(schedules: Mapping[str, Schedule]) -> dict[str, Schedule]:
     }
 
 
+def menus_dir(settings: Settings) -> Path:
+    """The configured menu folder, or the one shipped with Guichet."""
+    return Path(settings.ivr.menus_dir) if settings.ivr.menus_dir else MENUS_DIR
+
+
 def default_menu_engine(
     directory: Path = MENUS_DIR,
     *,
@@ -113,7 +118,7 @@ class Engine:
     def __init__(self, settings: Settings, secret: Secret, routes: RouteTable | None = None) -> None:
         self.settings = settings
         self.agi = FastAgiServer(
-            routes or build_routes(default_menu_engine()),
+            routes or build_routes(default_menu_engine(menus_dir(settings))),
             host=settings.agi.host,
             port=settings.agi.port,
             env_timeout=settings.agi.env_timeout_s,
