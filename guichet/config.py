@@ -63,6 +63,9 @@ class IvrSettings:
     """Where the voice menus live (with their settings/hours.yaml and settings/urgency.yaml)."""
 
     menus_dir: str = ""  # empty: the dialplans/ folder shipped with Guichet
+    # Asterisk's sound folder for Guichet's prompts (`guichet prompts build --out`); when set, texts
+    # known only during a call (when a closed service reopens) are synthesised there on demand.
+    sounds_dir: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -27,6 +27,7 @@ from ivr.callers import CitizenDirectory, InMemoryDirectory
 from ivr.hours import MINUTES_PER_DAY, PARIS, HoursConfigError, Schedule, TimeRange, parse_hours
 from ivr.menu_engine import CallbackSink, InMemoryCallbackSink, MenuEngine
 from ivr.menus import MenuValidationError, load_menus
+from ivr.prompts import OnDemandPrompts, PromptBuildError, find_tools
 from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
 from ivr.urgency import UrgencyConfigError, parse_rules
@@ -69,6 +70,11 @@ def menus_dir(settings: Settings) -> Path:
     return Path(settings.ivr.menus_dir) if settings.ivr.menus_dir else MENUS_DIR
 
 
+def sounds_dir(settings: Settings) -> Path | None:
+    """Where Asterisk plays Guichet's prompts from, when the engine may write there."""
+    return Path(settings.ivr.sounds_dir) if settings.ivr.sounds_dir else None
+
+
 def default_menu_engine(
     directory: Path = MENUS_DIR,
     *,
@@ -76,6 +82,7 @@ def default_menu_engine(
     callbacks: CallbackSink | None = None,
     open_all_day: bool = False,
     now: Callable[[], datetime] = paris_now,
+    sounds_dir: Path | None = None,
 ) -> MenuEngine:
     """The menus of ``directory``, its ``settings/hours.yaml`` and ``settings/urgency.yaml``.
 
@@ -97,7 +104,18 @@ def default_menu_engine(
         directory=citizens if citizens is not None else InMemoryDirectory(),
         callbacks=callbacks if callbacks is not None else InMemoryCallbackSink(),
         now=now,
+        speak=_on_demand_prompts(sounds_dir),
     )
+
+
+def _on_demand_prompts(sounds_dir: Path | None) -> Callable[[str], Awaitable[str]] | None:
+    """With a sounds folder, texts known only during a call are synthesised into it."""
+    if sounds_dir is None:
+        return None
+    try:
+        return OnDemandPrompts(sounds_dir, find_tools()).speak
+    except PromptBuildError as exc:
+        raise ConfigError(f"[ivr] sounds_dir = {sounds_dir}: {exc}") from exc
 
 
 def set_event_loop_policy(settings: Settings) -> None:
@@ -118,7 +136,7 @@ class Engine:
     def __init__(self, settings: Settings, secret: Secret, routes: RouteTable | None = None) -> None:
         self.settings = settings
         self.agi = FastAgiServer(
-            routes or build_routes(default_menu_engine(menus_dir(settings))),
+            routes or build_routes(default_menu_engine(menus_dir(settings), sounds_dir=sounds_dir(settings))),
             host=settings.agi.host,
             port=settings.agi.port,
             env_timeout=settings.agi.env_timeout_s,

@@ -38,7 +38,7 @@ logs it and goes on to the closed branch (whose prompts are static and checked).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
@@ -86,6 +86,7 @@ from ivr.menus import (
     TransferNode,
 )
 from ivr.prompt_names import sound_name, tts_name
+from ivr.prompts import PromptBuildError
 from ivr.services import GENERAL_QUEUE
 from ivr.urgency import Urgency, UrgencyRules, assess, parse_level
 
@@ -268,7 +269,10 @@ class MenuEngine:
         callbacks: CallbackSink,
         now: Callable[[], datetime],
         start_tree: str = "guichet",
+        speak: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
+        """``speak(text)`` returns the sound name of a text only known during the call (the
+        closed message), synthesising it if needed; without it that name must already exist."""
         if start_tree not in menus.trees:
             raise ValueError(f"no menu tree {start_tree!r} (trees: {', '.join(sorted(menus.trees))})")
         missing = sorted(
@@ -284,6 +288,7 @@ class MenuEngine:
         self.callbacks = callbacks
         self.now = now
         self.start_tree = start_tree
+        self.speak = speak
 
     async def handle(self, session: AgiSession) -> None:
         """The AGI route: run the menus, always hand the call back with somewhere to go."""
@@ -393,9 +398,10 @@ class MenuEngine:
             return node.open
         message = closed_message(schedule, now)
         try:
-            await call.session.stream_file(tts_name(message))
-        except AgiCommandError:
-            logger.warning("closed message of %s not synthesised: %s", schedule.name, tts_name(message))
+            name = await self.speak(message) if self.speak is not None else tts_name(message)
+            await call.session.stream_file(name)
+        except (AgiCommandError, PromptBuildError) as exc:
+            logger.warning("closed message of %s not played: %s", schedule.name, exc)
         return node.closed
 
     async def _callback(self, call: _Call, node: CallbackNode) -> None:

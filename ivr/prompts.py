@@ -17,6 +17,7 @@ Recorded files named in the menus are counted, not made; ``guichet menus check
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import shutil
@@ -285,3 +286,26 @@ def main(
         print(f"warning: recorded file missing: {args.out / name}{SOUND_EXTENSION}", file=out)
     print(f"{args.out}: {report.summary()}", file=out)
     return 0
+
+
+class OnDemandPrompts:
+    """Synthesise, at call time, a text no build could know in advance (when a service reopens).
+
+    The file goes into the folder Asterisk plays from (the engine runs beside Asterisk, or
+    shares that folder); a text already synthesised is never synthesised again.
+    """
+
+    def __init__(self, sounds_dir: Path, tools: Tools) -> None:
+        self.sounds_dir = sounds_dir
+        self.tools = tools
+
+    async def speak(self, text: str) -> str:
+        """The sound name of ``text``, synthesised first (in a thread) when its file is missing."""
+        problem = text_problem(text)
+        if problem is not None:
+            raise PromptBuildError(f"cannot synthesise {text[:40]!r}: {problem}")
+        name = tts_name(text)
+        path = self.sounds_dir / f"{name}{SOUND_EXTENSION}"
+        if not path.exists():
+            await asyncio.get_running_loop().run_in_executor(None, synthesise, text, path, self.tools)
+        return name

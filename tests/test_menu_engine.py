@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -118,10 +119,12 @@ RigFactory = Callable[..., Awaitable[Rig]]
 async def make_rig() -> AsyncIterator[RigFactory]:
     servers: list[FastAgiServer] = []
 
-    async def make(now: datetime = OPEN, directory: InMemoryDirectory | None = None) -> Rig:
+    async def make(
+        now: datetime = OPEN, directory: InMemoryDirectory | None = None, sounds: Path | None = None
+    ) -> Rig:
         sink = InMemoryCallbackSink()
         citizens = directory if directory is not None else InMemoryDirectory()
-        engine = default_menu_engine(citizens=citizens, callbacks=sink, now=lambda: now)
+        engine = default_menu_engine(citizens=citizens, callbacks=sink, now=lambda: now, sounds_dir=sounds)
         server = FastAgiServer(build_routes(engine), port=0)
         await server.start()
         servers.append(server)
@@ -323,6 +326,18 @@ async def test_closed_platform_says_when_it_reopens_and_offers_a_callback(
         ("general", "demande-de-rappel", now)
     ]
     assert seen.outcome.queue is None
+
+
+async def test_closed_message_is_synthesised_on_demand_into_the_sounds_folder(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(now=SATURDAY, sounds=tmp_path)
+    seen = await rig.call(CallerScript(NUMBER, keys=keys("1")))
+    name = tts_name(closed_message(rig.engine.schedules["plateforme"], SATURDAY))
+    assert seen.played(name)
+    with wave.open(str(tmp_path / f"{name}.wav"), "rb") as sound:
+        assert (sound.getframerate(), sound.getnchannels(), sound.getsampwidth()) == (8000, 1, 2)
+        assert sound.getnframes() > 8000  # more than a second of speech
 
 
 async def test_closed_platform_still_transfers_a_child_in_danger(make_rig: RigFactory) -> None:
