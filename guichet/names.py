@@ -20,6 +20,12 @@ GUICHET_REASON: Final = "GUICHET_REASON"  # menu choice that routed the call (to
 GUICHET_CALLBACK_ID: Final = "GUICHET_CALLBACK_ID"
 GUICHET_TRANSFER: Final = "GUICHET_TRANSFER"  # external number the dialplan must Dial (emergencies: 119)
 GUICHET_URGENCY: Final = "GUICHET_URGENCY"  # urgency level name chosen by the IVR (normal/high/urgent)
+# set by agi_scripts/speech_capture.py (EAGI): the key recognised ("" if none), what was heard,
+# the confidence (0.00-1.00) and the reason (ivr.speech.Reason: "recognised", "no speech"...)
+GUICHET_SPEECH_CHOICE: Final = "GUICHET_SPEECH_CHOICE"
+GUICHET_SPEECH_TEXT: Final = "GUICHET_SPEECH_TEXT"
+GUICHET_SPEECH_CONFIDENCE: Final = "GUICHET_SPEECH_CONFIDENCE"
+GUICHET_SPEECH_REASON: Final = "GUICHET_SPEECH_REASON"
 
 # --- Asterisk channel variables ---------------------------------------------
 QUEUE_PRIO: Final = "QUEUE_PRIO"

