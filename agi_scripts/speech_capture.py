@@ -149,6 +149,9 @@ def main(argv: Sequence[str]) -> int:
         except AGIException as exc:  # hang-up (SIGHUP, result=-1) or an unexpected reply
             logger.warning("AGI: %r", exc)
             return 1
+        except ValueError as exc:  # pyst2 fails so (int("")) when stdin ends: Asterisk went away
+            logger.warning("AGI: no reply from Asterisk (%s)", exc)
+            return 1
 
 
 def run(agi: AGI, args: argparse.Namespace) -> int:
