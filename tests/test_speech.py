@@ -163,6 +163,18 @@ def test_threshold_rejects_a_less_confident_keyword(recogniser: VoskRecogniser) 
 
 
 # ------------------------------------------------------------------ keywords and grammar
+def test_every_word_of_the_keyword_must_pass_the_threshold(recogniser: VoskRecogniser) -> None:
+    # The decision on given (word, confidence) pairs: the Korean model cannot produce [unk] nor
+    # a chosen confidence, so this checks the rule itself (minimum over the keyword's words).
+    grammar = recogniser._grammar({"1": ["안녕하세요 전화"], "2": ["도움"]})
+    decide = recogniser._decide
+    low = SpeechResult(None, "안녕하세요 전화", 0.5, Reason.LOW_CONFIDENCE)
+    assert decide([("안녕하세요", 1.0), ("전화", 0.5)], grammar) == low
+    words = [("[unk]", 0.2), ("안녕하세요", 0.9), ("전화", 0.8), ("[unk]", 0.1)]
+    assert decide(words, grammar) == SpeechResult("1", "[unk] 안녕하세요 전화 [unk]", 0.8, Reason.RECOGNISED)
+    assert decide([("[unk]", 0.9)], grammar) == SpeechResult(None, "[unk]", 0.0, Reason.NOT_A_KEYWORD)
+
+
 def test_normalise_keyword() -> None:
     assert normalise_keyword("  Aide   SOCIALE ") == "aide sociale"
     assert normalise_keyword("HÔPITAL") == "hôpital"  # accents kept
