@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from ivr.services import SERVICE_QUEUES
-from pbx_sim.dialplan import QUEUE_EXIT_CONTEXT, Dialplan, Step, inbound_dialplan
+from pbx_sim.dialplan import Dialplan, Step, inbound_dialplan
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ class QueueSettings:
     wrapuptime_s: int = 15  # after a call, before the agent is rung again (notes on the card)
     servicelevel_s: int = 30  # the KPI's "answered within X s" (DESIGN.md)
     musicclass: str = "default"
-    exit_context: str = QUEUE_EXIT_CONTEXT  # a digit pressed while waiting goes there
+    # A digit pressed while waiting leaves the queue for this context (queued callback offer).  Off until
+    # the engine serves its `callback-offer` route: an exit to a missing route would hang the caller up.
+    exit_context: str | None = None
 
     def check(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -132,7 +134,8 @@ class QueueSettings:
             if getattr(self, name) < 0:
                 raise AsteriskConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         _check_name("musicclass", self.musicclass)
-        _check_name("exit context", self.exit_context)
+        if self.exit_context is not None:
+            _check_name("exit context", self.exit_context)
 
 
 _STRATEGIES: Final = frozenset(
@@ -189,10 +192,11 @@ def render_queues(queues: Sequence[str], settings: QueueSettings | None = None) 
             f"servicelevel = {settings.servicelevel_s}",
             "setinterfacevar = yes",
             "setqueuevar = yes",
-            f"context = {settings.exit_context}",
             "maxlen = 0",
             "reportholdtime = no",
         ]
+        if settings.exit_context is not None:
+            lines.append(f"context = {settings.exit_context}")
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from guichet.config import AgiSettings, Secret, Settings
 from guichet.console import ConsoleBoard
 from guichet.engine import Engine, default_menu_engine
 from ivr.routes import build_routes
-from ivr.services import SERVICE_QUEUES
+from ivr.services import GENERAL_QUEUE, SERVICE_QUEUES
 from pbx_sim import (
     CallerScript,
     CallHandle,
@@ -42,10 +42,10 @@ QUEUES = tuple(sorted(SERVICE_QUEUES))
 MENU_KEYS = ("11", "12", "22", "33", "41", "43", "52", "0")
 # Each agent's skills: the general front office plus the services they know.
 AGENT_SKILLS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Agent Alice", ("general", "apa", "mdph")),
-    ("Agent Bruno", ("general", "pmi", "rsa")),
-    ("Agent Chloé", ("general", "transport", "apa")),
-    ("Agent David", ("general", "rsa", "pmi", "mdph")),
+    ("Agent Alice", (GENERAL_QUEUE, "apa", "mdph")),
+    ("Agent Bruno", (GENERAL_QUEUE, "pmi", "rsa")),
+    ("Agent Chloé", (GENERAL_QUEUE, "transport", "apa")),
+    ("Agent David", (GENERAL_QUEUE, "rsa", "pmi", "mdph")),
 )
 
 

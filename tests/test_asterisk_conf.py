@@ -37,11 +37,6 @@ from tests.conftest import REPO
 
 CONF_DIR = REPO / "asterisk_conf"
 RUN = "run `guichet asterisk-config` and commit the result"
-GENERAL_BLOCKER = (
-    "GENERAL_QUEUE is 'general', a name app_queue reserves for the [general] settings of queues.conf: "
-    "queues.conf cannot be generated until it is renamed (then drop this marker)"
-)
-
 # --- a small extensions.conf reader (exten/same lines, labels, priorities) ----------------------
 
 _SECTION = re.compile(r"^\[(?P<name>[^\]]+)\](?P<rest>.*)$")
@@ -139,7 +134,6 @@ def test_committed_extensions_conf_is_what_the_generator_renders() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, raises=AsteriskConfigError, reason=GENERAL_BLOCKER)
 def test_committed_queues_conf_is_what_the_generator_renders() -> None:
     text = render_queues_conf()
     assert committed(QUEUES_CONF) == text, f"asterisk_conf/{QUEUES_CONF} differs from the generator: {RUN}"
@@ -243,7 +237,6 @@ def test_the_dialplan_falls_back_to_the_general_service_queue() -> None:
     assert menu_queues() <= set(SERVICE_QUEUES)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=GENERAL_BLOCKER)
 def test_every_queue_of_the_menus_and_the_dialplan_is_in_queues_conf() -> None:
     queues = set(sections(committed(QUEUES_CONF))) - {"general"}
     needed = set(SERVICE_QUEUES) | menu_queues() | literal_queues(inbound_dialplan(DEFAULT_AGI_URL))
@@ -265,7 +258,7 @@ NOT_IN_RECORDINGS = {
 def test_generated_queues_conf_uses_the_recorded_syntax(captures_dir: Path) -> None:
     recorded = sections((captures_dir / "round2/conf/queues.conf").read_text(encoding="utf-8"))
     recorded_keys = {key for values in recorded.values() for key in values}
-    names = (*(name for name in SERVICE_QUEUES if name != "general"), "accueil")
+    names = SERVICE_QUEUES
     found = sections(render_queues(names))
     assert list(found) == ["general", *names]
     assert set(found["general"]) <= set(recorded["general"]) | {"persistentmembers"}
@@ -275,7 +268,7 @@ def test_generated_queues_conf_uses_the_recorded_syntax(captures_dir: Path) -> N
         assert "member" not in queue, "agents log in with QueueAdd: no static member"
         assert queue["ringinuse"] == "no"
         assert queue["joinempty"] == "yes" and queue["leavewhenempty"] == "no"
-        assert queue["context"] == QUEUE_EXIT_CONTEXT
+        assert "context" not in queue, "no exit digit until the callback-offer route exists"
         assert queue["strategy"] == "leastrecent"
 
 
@@ -410,3 +403,8 @@ def test_main_refuses_a_bad_agi_url_or_a_missing_folder(
     assert "agi://HOST[:PORT]" in capsys.readouterr().err
     assert asterisk_conf.main(["--out", str(tmp_path / "nope")], out=io.StringIO()) == 1
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_exit_context_is_written_only_when_asked() -> None:
+    with_exit = sections(render_queues(["apa"], QueueSettings(exit_context=QUEUE_EXIT_CONTEXT)))
+    assert with_exit["apa"]["context"] == QUEUE_EXIT_CONTEXT

@@ -169,7 +169,7 @@ class HungUpAfterInfo:
 Expected = Queued | Transferred | CalledBack | HungUpAfterInfo
 
 PATHS: list[tuple[str, Expected]] = [
-    ("0", Queued("general", 0, "normal", "information-generale")),
+    ("0", Queued("accueil", 0, "normal", "information-generale")),
     ("11", Queued("apa", 20, "urgent", "apa-situation-urgente")),
     ("12", Queued("apa", 10, "high", "apa")),
     ("13", HungUpAfterInfo()),
@@ -189,7 +189,7 @@ PATHS: list[tuple[str, Expected]] = [
     ("51", HungUpAfterInfo()),
     ("511", Queued("rsa", 0, "normal", "rsa")),
     ("52", Queued("rsa", 0, "normal", "rsa")),
-    ("8", CalledBack("general", "demande-de-rappel")),
+    ("8", CalledBack("accueil", "demande-de-rappel")),
     ("9", Transferred("119")),
 ]
 
@@ -243,7 +243,7 @@ async def test_every_path_of_the_default_menu(make_rig: RigFactory, digits: str,
 async def test_no_input_replays_with_the_no_input_prompt_then_general_queue(make_rig: RigFactory) -> None:
     rig = await make_rig()
     seen = await rig.call(CallerScript(NUMBER))
-    assert_queued(seen, Queued("general", 0, "normal", "information-generale"))
+    assert_queued(seen, Queued("accueil", 0, "normal", "information-generale"))
     menu = rig.engine.menus.tree("guichet").node("menu-principal")
     assert isinstance(menu, MenuNode) and menu.no_input is not None
     assert seen.played(tts_name(menu.no_input))
@@ -262,7 +262,7 @@ async def test_invalid_key_then_a_valid_path(make_rig: RigFactory) -> None:
 async def test_max_retries_of_invalid_keys_goes_to_the_fallback(make_rig: RigFactory) -> None:
     rig = await make_rig()
     seen = await rig.call(CallerScript(NUMBER, keys=keys("7", "6")))
-    assert_queued(seen, Queued("general", 0, "normal", "information-generale"))
+    assert_queued(seen, Queued("accueil", 0, "normal", "information-generale"))
 
 
 async def test_sub_menu_without_a_key_falls_back_to_its_service(make_rig: RigFactory) -> None:
@@ -323,7 +323,7 @@ async def test_closed_platform_says_when_it_reopens_and_offers_a_callback(
     assert isinstance(main_menu, MenuNode)
     assert not seen.played(sound_name(main_menu.prompt))
     assert [(r.service, r.reason, r.requested_at) for r in rig.sink.requests] == [
-        ("general", "demande-de-rappel", now)
+        ("accueil", "demande-de-rappel", now)
     ]
     assert seen.outcome.queue is None
 
@@ -397,7 +397,7 @@ async def test_engine_down_the_call_still_reaches_the_general_queue() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     seen = await place(port, CallerScript(NUMBER, keys=keys("11")))
-    assert (seen.outcome.queue, seen.outcome.answered_by) == ("general", "PJSIP/agent1")
+    assert (seen.outcome.queue, seen.outcome.answered_by) == ("accueil", "PJSIP/agent1")
     assert seen.outcome.agistatus == "FAILURE"
     assert any(step.endswith(":Playback") for step in seen.outcome.path)
 
@@ -411,7 +411,7 @@ async def test_an_error_in_the_engine_sends_the_call_to_the_general_queue() -> N
     engine = default_menu_engine(callbacks=FailingSink(), now=lambda: OPEN)
     async with FastAgiServer(build_routes(engine), port=0) as server:
         seen = await place(server.port, CallerScript(NUMBER, keys=keys("8")))
-    assert_queued(seen, Queued("general", 0, "normal", menu_engine.FALLBACK_REASON))
+    assert_queued(seen, Queued("accueil", 0, "normal", menu_engine.FALLBACK_REASON))
 
 
 async def test_a_menu_that_never_ends_is_cut_after_max_steps(
@@ -437,7 +437,7 @@ async def test_a_menu_that_never_ends_is_cut_after_max_steps(
     )
     async with FastAgiServer(build_routes(engine), port=0) as server:
         seen = await place(server.port, CallerScript(NUMBER))
-    assert_queued(seen, Queued("general", 0, "normal", menu_engine.FALLBACK_REASON))
+    assert_queued(seen, Queued("accueil", 0, "normal", menu_engine.FALLBACK_REASON))
     assert (
         sum("Tapez" in c or tts_name("Tapez 1.") in c for c in seen.agi_commands()) == 4
     )  # steps 1, 3, 5, 7

@@ -24,8 +24,10 @@ from ivr.menus import (
     check_menus,
     load_menus,
 )
+from ivr.services import GENERAL_QUEUE
 from tests.conftest import REPO
 
+# The queues of the small test menus below (not the product's: those are DEFAULT_QUEUES).
 QUEUES = frozenset({"apa", "pmi", "mdph", "transport", "rsa", "general"})
 DIALPLANS = REPO / "dialplans"
 
@@ -436,14 +438,13 @@ def test_missing_directory_and_no_files(tmp_path: Path) -> None:
 
 
 def test_default_menu_passes_the_checks() -> None:
-    assert check_menus(DIALPLANS, QUEUES, known_schedules={"plateforme"}) == []
-    assert QUEUES == DEFAULT_QUEUES  # the queues of the built-in menu
+    assert check_menus(DIALPLANS, DEFAULT_QUEUES, known_schedules={"plateforme"}) == []
 
 
 def test_default_menu_covers_the_services() -> None:
-    tree = load_menus(DIALPLANS, QUEUES).tree("guichet")
+    tree = load_menus(DIALPLANS, DEFAULT_QUEUES).tree("guichet")
     nodes = tree.nodes.values()
-    assert {n.queue for n in nodes if isinstance(n, QueueNode)} == QUEUES
+    assert {n.queue for n in nodes if isinstance(n, QueueNode)} == DEFAULT_QUEUES
     assert {n.urgency for n in nodes if isinstance(n, QueueNode)} == {"normal", "high", "urgent"}
     assert [n.number for n in nodes if isinstance(n, TransferNode)] == ["119"]
     assert any(isinstance(n, CallbackNode) for n in nodes)
@@ -453,7 +454,7 @@ def test_default_menu_covers_the_services() -> None:
     assert isinstance(main_menu, MenuNode)
     assert main_menu.digits == "12345890"
     general = tree.node(main_menu.fallback)
-    assert isinstance(general, QueueNode) and general.queue == "general"
+    assert isinstance(general, QueueNode) and general.queue == GENERAL_QUEUE
     assert main_menu.choice("0") is not None and main_menu.choice("0").next == main_menu.fallback  # type: ignore[union-attr]
     transport = tree.node(main_menu.choice("4").next)  # type: ignore[union-attr]
     assert isinstance(transport, MenuNode)
@@ -486,7 +487,7 @@ def test_check_command_ok_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "menu.yaml"
     assert out.getvalue().splitlines() == [
         f"{path}:17: nodes.apa.urgency: bad urgency 'vite' (one of: normal, high, urgent)",
-        f"{path}:21: nodes.general.queue: unknown queue 'x' (queues: {', '.join(sorted(QUEUES))})",
+        f"{path}:21: nodes.general.queue: unknown queue 'x' (queues: {', '.join(sorted(DEFAULT_QUEUES))})",
         f"2 error(s) in 1 file(s) under {tmp_path}",
     ]
     out = io.StringIO()

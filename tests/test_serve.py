@@ -42,7 +42,7 @@ async def read_until(proc: asyncio.subprocess.Process, marker: str, lines: list[
 
 async def test_serve_routes_calls_then_stops_on_sigterm(tmp_path: Path) -> None:
     agi_port = free_port()
-    queues = [QueueConfig(name) for name in ("apa", "pmi", "mdph", "transport", "rsa", "general")]
+    queues = [QueueConfig(name) for name in ("apa", "pmi", "mdph", "transport", "rsa", "accueil")]
     sim = SimulatedPbx(SimConfig(agi_port=agi_port, ami_users={"guichet": SECRET}, speed=20.0, queues=queues))
     await sim.start()
     config = tmp_path / "guichet.toml"
