@@ -27,6 +27,9 @@ GUICHET_SPEECH_TEXT: Final = "GUICHET_SPEECH_TEXT"
 GUICHET_SPEECH_CONFIDENCE: Final = "GUICHET_SPEECH_CONFIDENCE"
 GUICHET_SPEECH_REASON: Final = "GUICHET_SPEECH_REASON"
 
+# --- Sounds the dialplan plays itself (built by `guichet prompts build`) -------
+APOLOGY_SOUND: Final = "guichet/service-indisponible"  # fail-safe path: the engine did not route the call
+
 # --- Asterisk channel variables ---------------------------------------------
 QUEUE_PRIO: Final = "QUEUE_PRIO"
 QUEUESTATUS: Final = "QUEUESTATUS"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from guichet.names import APOLOGY_SOUND
 from ivr.menu_check import DEFAULT_DIR, DEFAULT_QUEUES
 from ivr.menus import MenuSet, MenuValidationError, load_menus
 from ivr.prompt_names import SOUND_EXTENSION, TTS_DIR, prompt_uses, text_problem, tts_name
@@ -97,12 +98,19 @@ def find_tools() -> Tools:
     return Tools(espeak=found["espeak-ng"] or "", sox=found["sox"] or "")
 
 
+# Sounds with a fixed name that the dialplan plays itself, and what they say.
+DIALPLAN_SOUNDS: Final[Mapping[str, str]] = {
+    APOLOGY_SOUND: "Veuillez nous excuser, notre service vocal rencontre une difficulté. "
+    "Nous vous mettons en relation avec l'accueil.",
+}
+
+
 def tts_texts(menus: MenuSet, extra_texts: Iterable[str] = ()) -> dict[str, str]:
-    """Sound name -> text of every prompt to synthesise (menus, then ``extra_texts``).
+    """Sound name -> text of every prompt to synthesise (the dialplan's, menus, then ``extra_texts``).
 
     Raises :class:`PromptBuildError` listing every text that cannot be synthesised.
     """
-    texts: dict[str, str] = {}
+    texts: dict[str, str] = dict(DIALPLAN_SOUNDS)
     problems: list[str] = []
     for use in prompt_uses(menus):
         problem = text_problem(use.text)

@@ -31,7 +31,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE, GUICHET_TRANSFER, QUEUE_PRIO
+from guichet.names import (
+    APOLOGY_SOUND,
+    GUICHET_IVR_DONE,
+    GUICHET_PRIO,
+    GUICHET_QUEUE,
+    GUICHET_TRANSFER,
+    QUEUE_PRIO,
+)
 
 INBOUND_CONTEXT = "from-citizens"
 QUEUE_EXIT_CONTEXT = "queue-exit"
@@ -111,9 +118,9 @@ def evaluate_gotoif(data: str) -> str | None:
 def inbound_dialplan(
     agi_url: str,
     *,
-    fallback_queue: str = "general",
+    fallback_queue: str = "accueil",
     max_wait_s: int = 600,
-    apology: str = "guichet/service-indisponible",
+    apology: str = APOLOGY_SOUND,
     overflow: bool = False,
     exit_route: str = "callback-offer",
     trunk: str = "trunk",
