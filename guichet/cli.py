@@ -1,4 +1,4 @@
-"""The ``guichet`` command: ``serve``, ``demo``, ``menus check``, ``prompts build``."""
+"""The ``guichet`` command: ``serve``, ``demo``, ``menus check``, ``prompts build``, ``asterisk-config``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from guichet import asterisk_conf
 from guichet.config import ConfigError, Settings, load_settings
 from guichet.demo import DemoOptions, run_demo
 from guichet.engine import Engine, set_event_loop_policy
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("action", choices=["build"], help="build: synthesise every text (espeak-ng + sox)")
     build.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet prompts build --help`")
 
+    conf = commands.add_parser("asterisk-config", help="write asterisk_conf/ (extensions.conf, queues.conf)")
+    conf.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet asterisk-config --help`")
+
     demo = commands.add_parser("demo", help="run the engine against the simulated PBX, callers and agents")
     defaults = DemoOptions()
     demo.add_argument("--speed", type=_positive, default=defaults.speed, help="simulated time factor")
@@ -84,7 +88,11 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `asterisk-config` hands every option to its own parser (argparse.REMAINDER alone stops at "--out").
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "asterisk-config":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -94,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return menu_check.main(args.args)
         if args.command == "prompts":
             return prompts.main(args.args, extra_texts=[p.text for p in ENGINE_PROMPTS.values()])
+        if args.command == "asterisk-config":
+            return asterisk_conf.main([*unknown, *args.args])
         if args.command == "serve":
             settings = load_settings(args.config)
             settings.ami_secret()  # fail fast, before anything listens

@@ -11,6 +11,7 @@ import pytest
 
 from guichet.cli import main
 from guichet.demo import DemoOptions, demo_agents, run_demo
+from guichet.names import APOLOGY_SOUND
 from tests.conftest import REPO
 
 
@@ -96,6 +97,14 @@ def test_cli_prompts_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["prompts", "build", str(REPO / "dialplans"), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "0 recorded file(s) referenced" in out
-    built = sorted((tmp_path / "guichet").glob("tts-*.wav"))
-    assert built
+    built = sorted((tmp_path / "guichet").glob("*.wav"))
+    assert tmp_path / f"{APOLOGY_SOUND}.wav" in built
     assert f"{len(built)} built" in out
+
+
+def test_cli_asterisk_config_writes_what_is_committed(tmp_path: Path) -> None:
+    assert main(["asterisk-config", "--out", str(tmp_path)]) == 0
+    for name in ("extensions.conf", "queues.conf"):
+        assert (tmp_path / name).read_text(encoding="utf-8") == (REPO / "asterisk_conf" / name).read_text(
+            encoding="utf-8"
+        )
