@@ -41,7 +41,7 @@ tuple of pairs directly; the message object is filled through its slot descripto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Final, Literal, cast
 
 from guichet.names import H_ACTION, H_ACTION_ID, H_EVENT, H_RESPONSE, H_SECRET
@@ -82,11 +82,15 @@ class AmiMessage:
     Immutable.  ``kind`` is ``"event"``, ``"response"`` or ``"action"`` and ``name`` the value of the
     first Event / Response / Action header.  ``body`` holds the lines that were not ``Name: value``.
     ``get`` and ``[]`` use a case-insensitive dict built on first use.
+
+    The headers are kept as one flat tuple ``(name1, value1, name2, value2, ...)``: one object per
+    message instead of one per header, which halves what the garbage collector has to walk when
+    events pour in; :attr:`headers` builds the pairs when asked.
     """
 
-    __slots__ = ("_index", "body", "headers", "kind", "name")
+    __slots__ = ("_flat", "_index", "body", "kind", "name")
 
-    headers: tuple[Header, ...]
+    _flat: tuple[str, ...]
     body: tuple[str, ...]
     kind: MessageKind
     name: str
@@ -106,12 +110,19 @@ class AmiMessage:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"AmiMessage is immutable (cannot delete {name!r})")
 
+    @property
+    def headers(self) -> tuple[Header, ...]:
+        """Every header, in order, as ``(name, value)`` pairs with the raw (not unescaped) values."""
+        flat = self._flat
+        return tuple(zip(flat[::2], flat[1::2], strict=True))
+
     def _lookup(self) -> dict[str, str]:
         try:
             return self._index
         except AttributeError:
+            flat = self._flat
             # Reversed, so that the first header of a repeated name wins.
-            index = {n.lower(): v for n, v in reversed(self.headers)}
+            index = dict(zip(map(str.lower, flat[-2::-2]), flat[::-2], strict=True))
             _set_index(self, index)
             return index
 
@@ -122,7 +133,8 @@ class AmiMessage:
     def get_all(self, name: str) -> tuple[str, ...]:
         """Every value of the headers called ``name`` (case-insensitive), in order."""
         lname = name.lower()
-        return tuple(v for n, v in self.headers if n.lower() == lname)
+        flat = self._flat
+        return tuple(v for n, v in zip(flat[::2], flat[1::2], strict=True) if n.lower() == lname)
 
     def __getitem__(self, name: str) -> str:
         value = self._lookup().get(name.lower())
@@ -137,7 +149,7 @@ class AmiMessage:
         return iter(self.headers)
 
     def __len__(self) -> int:
-        return len(self.headers)
+        return len(self._flat) // 2
 
     @property
     def action_id(self) -> str | None:
@@ -147,10 +159,10 @@ class AmiMessage:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AmiMessage):
             return NotImplemented
-        return self.headers == other.headers and self.body == other.body
+        return self._flat == other._flat and self.body == other.body
 
     def __hash__(self) -> int:
-        return hash((self.headers, self.body))
+        return hash((self._flat, self.body))
 
     def __repr__(self) -> str:
         shown = [(n, _MASKED if is_secret_header(n) else v) for n, v in self.headers]
@@ -163,18 +175,20 @@ def _slot_setter(name: str) -> Callable[[AmiMessage, object], None]:
     return cast(Callable[[AmiMessage, object], None], AmiMessage.__dict__[name].__set__)
 
 
-_set_headers = _slot_setter("headers")
+_set_flat = _slot_setter("_flat")
 _set_body = _slot_setter("body")
 _set_kind = _slot_setter("kind")
 _set_name = _slot_setter("name")
 _set_index = _slot_setter("_index")
 _new_message = object.__new__
-_partition = str.partition
+_chain_lists = chain.from_iterable
+_split = str.split
 _SEPS = repeat(_SEP)  # endless, shared by every split
+_ONCE = repeat(1)
 
 
 def _init(msg: AmiMessage, headers: tuple[Header, ...], body: tuple[str, ...], kind: str, name: str) -> None:
-    _set_headers(msg, headers)
+    _set_flat(msg, tuple(chain.from_iterable(headers)))
     _set_body(msg, body)
     _set_kind(msg, kind)
     _set_name(msg, name)
@@ -302,16 +316,16 @@ class AmiParser:
                 raise AmiProtocolError(f"AMI message with more than {self._max_headers} lines")
             if clean or text.count("\n") == text.count("\r\n"):
                 lines = text.split("\r\n")
-                headers = [(n, v) for n, sep, v in map(_partition, lines, _SEPS) if sep]
-                if len(headers) == len(lines):
-                    first = headers[0]
-                    kind = _KINDS.get(first[0])
+                # Each "Name: value" line splits in two; a line without ": " gives one item only.
+                flat = tuple(_chain_lists(map(_split, lines, _SEPS, _ONCE)))
+                if len(flat) == 2 * len(lines):
+                    kind = _KINDS.get(flat[0])
                     if kind is not None:
                         msg = _new_message(AmiMessage)  # filled inline: a helper call costs ~10 %
-                        _set_headers(msg, tuple(headers))
+                        _set_flat(msg, flat)
                         _set_body(msg, ())
                         _set_kind(msg, kind)
-                        _set_name(msg, first[1])
+                        _set_name(msg, flat[1])
                         append(msg)
                         continue
             slow = self._parse_slow(text)
