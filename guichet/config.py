@@ -60,12 +60,17 @@ class AmiSettings:
 
 @dataclass(frozen=True)
 class IvrSettings:
-    """Where the voice menus live (with their settings/hours.yaml and settings/urgency.yaml)."""
+    """Where the voice menus live (with their settings/hours.yaml and settings/urgency.yaml), and speech."""
 
     menus_dir: str = ""  # empty: the dialplans/ folder shipped with Guichet
     # Asterisk's sound folder for Guichet's prompts (`guichet prompts build --out`); when set, texts
     # known only during a call (when a closed service reopens) are synthesised there on demand.
     sounds_dir: str = ""
+    # A Vosk model directory: menus with keywords then also accept spoken answers (empty: keys only).
+    speech_model: str = ""
+    speech_threshold: float = 0.6  # lowest confidence of a keyword's words to accept it (0-1)
+    # Where Asterisk records the spoken answers (RECORD FILE); must be readable by the engine.
+    record_dir: str = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ def _check_value(where: str, name: str, expected: type, value: Any) -> Any:
     number: Any = value
     if name == "port" and not 0 < number < 65536:
         raise ConfigError(f"{where} {name}: {value} is not a TCP port (1-65535)")
+    if name == "speech_threshold" and not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{where} {name}: must be between 0 and 1, got {value}")
     if name.endswith("_s") and number <= 0:
         raise ConfigError(f"{where} {name}: must be a positive number of seconds, got {value}")
     return value

@@ -30,6 +30,7 @@ from ivr.menus import MenuValidationError, load_menus
 from ivr.prompts import OnDemandPrompts, PromptBuildError, find_tools
 from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
+from ivr.speech import Recogniser, SpeechModelError, VoskRecogniser
 from ivr.urgency import UrgencyConfigError, parse_rules
 from routing.ami_client import AmiClient, EventCallback
 
@@ -75,6 +76,19 @@ def sounds_dir(settings: Settings) -> Path | None:
     return Path(settings.ivr.sounds_dir) if settings.ivr.sounds_dir else None
 
 
+def speech_recogniser(settings: Settings) -> Recogniser | None:
+    """The configured speech model, loaded now (a wrong path stops the start-up); None: keys only."""
+    ivr = settings.ivr
+    if not ivr.speech_model:
+        return None
+    if not Path(ivr.record_dir).is_dir():
+        raise ConfigError(f"{settings.source}: [ivr] record_dir: {ivr.record_dir} is not a directory")
+    try:
+        return VoskRecogniser(ivr.speech_model, threshold=ivr.speech_threshold)
+    except SpeechModelError as exc:
+        raise ConfigError(f"{settings.source}: [ivr] speech_model = {ivr.speech_model}: {exc}") from exc
+
+
 def default_menu_engine(
     directory: Path = MENUS_DIR,
     *,
@@ -83,6 +97,8 @@ def default_menu_engine(
     open_all_day: bool = False,
     now: Callable[[], datetime] = paris_now,
     sounds_dir: Path | None = None,
+    recogniser: Recogniser | None = None,
+    record_dir: Path = Path("/tmp"),
 ) -> MenuEngine:
     """The menus of ``directory``, its ``settings/hours.yaml`` and ``settings/urgency.yaml``.
 
@@ -105,6 +121,18 @@ def default_menu_engine(
         callbacks=callbacks if callbacks is not None else InMemoryCallbackSink(),
         now=now,
         speak=_on_demand_prompts(sounds_dir),
+        recogniser=recogniser,
+        record_dir=record_dir,
+    )
+
+
+def default_menu_engine_of(settings: Settings) -> MenuEngine:
+    """The menu engine the settings describe (menus, sounds folder, speech)."""
+    return default_menu_engine(
+        menus_dir(settings),
+        sounds_dir=sounds_dir(settings),
+        recogniser=speech_recogniser(settings),
+        record_dir=Path(settings.ivr.record_dir),
     )
 
 
@@ -136,7 +164,7 @@ class Engine:
     def __init__(self, settings: Settings, secret: Secret, routes: RouteTable | None = None) -> None:
         self.settings = settings
         self.agi = FastAgiServer(
-            routes or build_routes(default_menu_engine(menus_dir(settings), sounds_dir=sounds_dir(settings))),
+            routes or build_routes(default_menu_engine_of(settings)),
             host=settings.agi.host,
             port=settings.agi.port,
             env_timeout=settings.agi.env_timeout_s,

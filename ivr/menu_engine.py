@@ -33,6 +33,13 @@ synthesised prompt named by :func:`ivr.prompt_names.tts_name`, then goes to its
 ``closed`` branch.  The message changes with the time of the call, so the prompt
 builder cannot make every file in advance: when the file is missing, the engine
 logs it and goes on to the closed branch (whose prompts are static and checked).
+
+**Speech.**  With a :class:`~ivr.speech.Recogniser`, a menu whose choices have keywords
+also listens: when GET DATA brings no key, the answer is recorded (RECORD FILE into
+``record_dir``, the menu's keys ending the recording) and recognised.  A key pressed
+while recording counts as that key, a recognised keyword as its key; anything else
+(silence, an unsure or unknown word, an unreadable recording) is no input, and
+:func:`after_menu_input` decides as for keys.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Final, Protocol
 
 from guichet.names import (
@@ -88,6 +96,7 @@ from ivr.menus import (
 from ivr.prompt_names import sound_name, tts_name
 from ivr.prompts import PromptBuildError
 from ivr.services import GENERAL_QUEUE
+from ivr.speech import Recogniser, SpeechError, record_and_recognise
 from ivr.urgency import Urgency, UrgencyRules, assess, parse_level
 
 logger = logging.getLogger(__name__)
@@ -254,6 +263,7 @@ class _Call:
     node: str
     choices: list[str] = field(default_factory=list)
     steps: int = 0
+    recordings: int = 0  # RECORD FILE commands sent (each recording gets its own file)
 
 
 class MenuEngine:
@@ -270,9 +280,13 @@ class MenuEngine:
         now: Callable[[], datetime],
         start_tree: str = "guichet",
         speak: Callable[[str], Awaitable[str]] | None = None,
+        recogniser: Recogniser | None = None,
+        record_dir: Path = Path("/tmp"),
     ) -> None:
         """``speak(text)`` returns the sound name of a text only known during the call (the
-        closed message), synthesising it if needed; without it that name must already exist."""
+        closed message), synthesising it if needed; without it that name must already exist.
+        ``recogniser``: menus with keywords also accept spoken answers, recorded by Asterisk
+        into ``record_dir`` (which the engine must be able to read)."""
         if start_tree not in menus.trees:
             raise ValueError(f"no menu tree {start_tree!r} (trees: {', '.join(sorted(menus.trees))})")
         missing = sorted(
@@ -289,6 +303,8 @@ class MenuEngine:
         self.now = now
         self.start_tree = start_tree
         self.speak = speak
+        self.recogniser = recogniser
+        self.record_dir = record_dir
 
     async def handle(self, session: AgiSession) -> None:
         """The AGI route: run the menus, always hand the call back with somewhere to go."""
@@ -380,8 +396,11 @@ class MenuEngine:
 
     async def _menu(self, call: _Call, node: MenuNode) -> str:
         failed = 0
+        keywords = {choice.digit: choice.keywords for choice in node.choices if choice.keywords}
         while True:
             digits, _ = await call.session.get_data(sound_name(node.prompt), node.timeout_s * 1000, 1)
+            if not digits and keywords and self.recogniser is not None:
+                digits = await self._listen(call, node, keywords, self.recogniser)
             step = after_menu_input(node, digits, failed)
             if isinstance(step, Go):
                 if step.chosen:
@@ -390,6 +409,28 @@ class MenuEngine:
             failed += 1
             if step.feedback is not None:
                 await call.session.stream_file(tts_name(step.feedback))
+
+    async def _listen(
+        self, call: _Call, node: MenuNode, keywords: Mapping[str, Sequence[str]], recogniser: Recogniser
+    ) -> str:
+        """The key the caller pressed or said while recorded; "" for no (usable) answer."""
+        call.recordings += 1
+        base = self.record_dir / f"guichet-{call.session.env.uniqueid}-{call.recordings}"
+        try:
+            result = await record_and_recognise(
+                call.session,
+                recogniser,
+                keywords,
+                str(base),
+                escape_digits=node.digits,
+                timeout_ms=node.timeout_s * 1000,
+            )
+        except (SpeechError, OSError) as exc:  # e.g. record_dir not shared with Asterisk
+            logger.warning(
+                "call %s: spoken answer at %s not recognised: %s", call.session.channel, node.name, exc
+            )
+            return ""
+        return result.choice or ""  # record_and_recognise logged what was heard
 
     async def _hours(self, call: _Call, node: HoursNode) -> str:
         schedule = self.schedules[node.schedule]

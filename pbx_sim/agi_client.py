@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -90,6 +91,16 @@ def samples(seconds: float) -> int:
     return round(seconds * SAMPLE_RATE)
 
 
+def write_recording(path: str, audio: bytes, frames: int) -> None:
+    """``frames`` samples of ``audio`` (8 kHz 16-bit mono PCM) as a WAV file, padded with silence."""
+    pcm = audio[: 2 * frames].ljust(2 * frames, b"\x00")
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(pcm)
+
+
 def _ok(result: int | str, data: str | None = None, endpos: int | None = None) -> CommandResult:
     return CommandResult(AgiClientConnection.format_reply(200, result, data, endpos))
 
@@ -112,6 +123,7 @@ class AgiSession:
         self._codec = AgiClientConnection()
         self._failed = False
         self._notice_sent = False
+        self._utterances = iter(call.script.utterances)
         self._handlers: dict[str, Callable[[Command], Awaitable[CommandResult]]] = {
             "ANSWER": self._answer,
             "HANGUP": self._hangup,
@@ -298,10 +310,11 @@ class AgiSession:
         return _ok(ord(digit) if digit else 0, endpos=endpos)
 
     async def _record_file(self, command: Command) -> CommandResult:
-        """RECORD FILE file format escape timeout [offset] [BEEP] [s=silence]; nothing is written.
+        """RECORD FILE file format escape timeout [offset] [BEEP] [s=silence].
 
-        Silence detection is not simulated: the recording ends on an escape digit, the timeout
-        (``-1``: none) or the hangup.
+        The caller's next utterance (silence when none is left) is written to ``file.format``
+        as a WAV, cut to the recorded length or padded with silence.  Silence detection is not
+        simulated: the recording ends on an escape digit, the timeout (``-1``: none) or the hangup.
         """
         words = command.words
         if len(words) < 6:
@@ -310,14 +323,25 @@ class AgiSession:
             timeout_ms = int(words[5])
         except ValueError:
             return _usage("RECORD FILE")
+        audio = next(self._utterances, b"")
         try:
             digit = await self.call.read_digit(None if timeout_ms < 0 else timeout_ms / 1000, accept=words[4])
         except ChannelHungUp:
             reply = AgiClientConnection.format_reply(200, -1, "hangup", samples(self.call.last_read_s))
             return CommandResult(reply, -1, "Failure")
         if digit is None:
-            return _ok(0, "timeout", max(0, samples(self.call.last_read_s) - RECORD_SHORT_SAMPLES))
-        return _ok(ord(digit), "dtmf", samples(self.call.last_read_s))
+            endpos = max(0, samples(self.call.last_read_s) - RECORD_SHORT_SAMPLES)
+        else:
+            endpos = samples(self.call.last_read_s)
+        path = f"{words[2]}.{words[3]}"
+        try:
+            write_recording(path, audio, endpos)
+        except OSError as exc:  # res_agi: the file cannot be opened for writing
+            logger.warning("RECORD FILE: cannot write %s: %s", path, exc)
+            return CommandResult(AgiClientConnection.format_reply(200, -1, "writefile"), -1, "Failure")
+        if digit is None:
+            return _ok(0, "timeout", endpos)
+        return _ok(ord(digit), "dtmf", endpos)
 
     async def _say_digits(self, command: Command) -> CommandResult:
         words = command.words

@@ -4,7 +4,8 @@ A caller presses keys only while the channel listens for digits (an AGI STREAM F
 with escape digits, GET DATA, WAIT FOR DIGIT, or a queue wait whose queue has an exit
 context): each :class:`KeyPress` happens ``delay_s`` after the channel starts
 listening (the rest of a delay carries over to the next listening command), so a
-script stays valid whatever the engine's own timing.  Delays of agents are drawn
+script stays valid whatever the engine's own timing.  A caller also "says" audio: one
+of its ``utterances`` per AGI RECORD FILE, in order.  Delays of agents are drawn
 from :class:`Delay` distributions with the PBX's seeded ``random.Random``.
 """
 
@@ -71,6 +72,12 @@ class CallerScript:
     hangup_after_s: float | None = None  # from the start of the call; None = waits as long as needed
     endpoint: str = "citizen"
     context: str = INBOUND_CONTEXT  # where the call enters the dialplan (extension = dnid)
+    # What the caller says, one per RECORD FILE in order: 8 kHz 16-bit mono PCM (silence when none left).
+    utterances: Sequence[bytes] = ()
+
+    def __post_init__(self) -> None:
+        if any(len(audio) % 2 for audio in self.utterances):
+            raise ValueError("utterances must be 16-bit PCM: an even number of bytes")
 
     def key_presses(self) -> list[KeyPress]:
         return [k if isinstance(k, KeyPress) else KeyPress(float(k[0]), k[1]) for k in self.keys]
