@@ -425,7 +425,7 @@ class MenuEngine:
                 escape_digits=node.digits,
                 timeout_ms=node.timeout_s * 1000,
             )
-        except (SpeechError, OSError) as exc:  # e.g. record_dir not shared with Asterisk
+        except (SpeechError, OSError, AgiCommandError) as exc:  # e.g. record_dir not shared with Asterisk
             logger.warning(
                 "call %s: spoken answer at %s not recognised: %s", call.session.channel, node.name, exc
             )

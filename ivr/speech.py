@@ -302,6 +302,8 @@ async def record_and_recognise(
     )
     path = base_path + ".wav"
     try:
+        if reply.result == -1 and reply.data == "writefile":  # Asterisk could not create the file
+            raise AgiCommandError(f"RECORD FILE: Asterisk cannot write {path}", reply)
         if reply.result == -1:
             raise AgiHangup("RECORD FILE: channel hung up", reply)
         if reply.result is None or reply.result < 0:

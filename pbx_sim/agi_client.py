@@ -94,7 +94,8 @@ def samples(seconds: float) -> int:
 def write_recording(path: str, audio: bytes, frames: int) -> None:
     """``frames`` samples of ``audio`` (8 kHz 16-bit mono PCM) as a WAV file, padded with silence."""
     pcm = audio[: 2 * frames].ljust(2 * frames, b"\x00")
-    with wave.open(path, "wb") as wav:
+    # Open the file first: wave.open(path) failing leaves a half-built Wave_write whose __del__ raises.
+    with open(path, "wb") as raw, wave.open(raw, "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)

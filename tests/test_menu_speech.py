@@ -157,6 +157,20 @@ async def test_silence_is_no_input_then_the_fallback(rig: tuple[MenuEngine, SpyR
     assert list(records.iterdir()) == []
 
 
+async def test_a_recording_asterisk_cannot_write_is_no_input_not_a_lost_call(
+    tmp_path: Path, vosk: VoskRecogniser
+) -> None:
+    spy = SpyRecogniser(vosk)
+    unwritable = tmp_path / "not-there"  # Asterisk answers "200 result=-1 (writefile)"
+    engine = default_menu_engine(
+        menu_dir(tmp_path / "menus"), now=lambda: OPEN, recogniser=spy, record_dir=unwritable
+    )
+    seen = await call(engine, CallerScript(NUMBER, utterances=[speak("엄마")]))
+    assert seen.outcome.queue == "accueil"  # the fallback, after the retries: the call is not dropped
+    assert len(recordings(seen)) == 2
+    assert spy.results == []
+
+
 async def test_a_key_during_get_data_needs_no_recording(rig: tuple[MenuEngine, SpyRecogniser, Path]) -> None:
     engine, spy, _ = rig
     seen = await call(engine, CallerScript(NUMBER, keys=[KeyPress(0.5, "1")], utterances=[speak("아빠")]))
