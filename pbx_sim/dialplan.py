@@ -20,6 +20,7 @@ the call)::
     queue: Set(QUEUE_PRIO=${GUICHET_PRIO})
     Queue(${GUICHET_QUEUE},,,,<max wait>)
     [AGI(agi://host:port/overflow,${QUEUESTATUS},${QUEUEPOSITION},${QUEUEWAIT},${GUICHET_QUEUE})]
+    Queue(<fallback queue>,,,,<max wait>)  ; the service queue timed out: the general front office
     Hangup()
     transfer: Dial(PJSIP/${GUICHET_TRANSFER}@<trunk>,<ring time>)   ; emergencies (119)
     Hangup()
@@ -125,8 +126,13 @@ def inbound_dialplan(
     exit_route: str = "callback-offer",
     trunk: str = "trunk",
     transfer_ring_s: int = 60,
+    requeue: bool = True,
 ) -> Dialplan:
-    """The inbound flow (see the module docstring); ``agi_url`` is ``agi://host:port``."""
+    """The inbound flow (see the module docstring); ``agi_url`` is ``agi://host:port``.
+
+    ``requeue=False`` leaves out the fallback queue after the service queue (to replay recordings made
+    with a dialplan that hung up there).
+    """
     queue_steps: list[Step] = [
         Step("Set", f"{QUEUE_PRIO}=${{{GUICHET_PRIO}}}", label="queue"),
         Step("Queue", f"${{{GUICHET_QUEUE}}},,,,{max_wait_s}"),
@@ -138,6 +144,10 @@ def inbound_dialplan(
                 f"{agi_url}/overflow,${{QUEUESTATUS}},${{QUEUEPOSITION}},${{QUEUEWAIT}},${{{GUICHET_QUEUE}}}",
             )
         )
+    if requeue:
+        # Queue() only returns while the caller is still there (timeout, joinempty...): never hang up on
+        # them, the general front office takes the call.
+        queue_steps.append(Step("Queue", f"{fallback_queue},,,,{max_wait_s}"))
     handed_back = f"${{{GUICHET_QUEUE}}}${{{GUICHET_TRANSFER}}}"  # a queue or a number to dial
     inbound = (
         Step("Answer"),

@@ -35,7 +35,8 @@ def route_to(queue: str, prio: int = 0) -> list[str]:
 
 async def make_pbx(agi: AgiResponder, queues: Sequence[QueueConfig], max_wait_s: int = 600) -> SimulatedPbx:
     await agi.start()
-    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}", max_wait_s=max_wait_s)
+    # The recorded dialplans hang up when Queue() returns: no requeue to the general queue here.
+    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}", max_wait_s=max_wait_s, requeue=False)
     config = SimConfig(agi_port=agi.port, speed=SPEED, queues=tuple(queues), dialplan=dialplan)
     pbx = SimulatedPbx(config)
     await pbx.start()
@@ -238,3 +239,22 @@ async def test_exit_with_digit_matches_recording(captures_dir: Path) -> None:
     finally:
         await pbx.stop()
         await agi.stop()
+
+
+async def test_a_service_queue_timeout_hands_the_caller_to_the_general_queue() -> None:
+    agi = AgiResponder(route_to("apa", 5))
+    await agi.start()
+    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}", max_wait_s=5)  # requeue is the default
+    config = SimConfig(
+        agi_port=agi.port, speed=SPEED, queues=(QueueConfig("apa"), QueueConfig("accueil")), dialplan=dialplan
+    )
+    pbx = SimulatedPbx(config)
+    await pbx.start()
+    try:
+        pbx.add_agent(SimAgent("PJSIP/agent1", "Agent", queues=["accueil"], answer_delay=1, talk_time=2))
+        outcome = await pbx.place_call(CallerScript("0612345678")).finished
+    finally:
+        await pbx.stop()
+        await agi.stop()
+    assert (outcome.queue, outcome.answered_by) == ("accueil", "PJSIP/agent1")
+    assert [step.split(":")[1] for step in outcome.path].count("Queue") == 2
