@@ -29,7 +29,9 @@ twice.  Calls in progress are kept while their caller channel is still up and th
 call; new ones are paired through ``CoreShowChannel`` ``BridgeId`` (caller channel + a channel of a
 member's interface in the same bridge).  IVR variables of a channel first seen in a snapshot are
 unknown (AMI's lists do not carry them): :meth:`LiveModel.channels_without_variables` names them so
-that the caller can fetch them with ``Getvar``.
+that the engine fetches them with ``Getvar`` and hands them over with :meth:`LiveModel.note_variables`.
+A caller whose outcome was pending at the rebuild (left, not yet hung up) keeps it while its channel
+is up; otherwise it is counted ``unresolved``.
 """
 
 from __future__ import annotations
@@ -614,10 +616,12 @@ class LiveModel:
         previous = {c.uniqueid: (q.name, c) for q in self._queues.values() for c in q.callers}
         counters = {name: q.counters for name, q in self._queues.items()}
         old_calls = self._calls
+        old_left = self._left
         self._queues = {}
         self._agents = {}
         self._calls = {}
-        self._left = {}
+        # a caller that left before the snapshot keeps its pending outcome while its channel is up
+        self._left = {ch: left for ch, left in old_left.items() if ch in channels}
         self._variables = {ch: v for ch, v in self._variables.items() if ch in channels}
         self._unknown_variables &= set(channels)
         entries: list[tuple[int, AmiMessage]] = []
@@ -636,6 +640,9 @@ class LiveModel:
         self._rebuild_calls(old_calls, channels, now)
         waiting = {c.uniqueid for q in self._queues.values() for c in q.callers}
         answered = {call.caller_uniqueid for call in self._calls.values()}
+        for channel, left in old_left.items():
+            if channel not in self._left:  # its outcome (hangup, QUEUESTATUS) was missed
+                self._queue(left.queue).counters.unresolved += 1
         for uniqueid, (queue_name, _) in previous.items():
             if uniqueid in waiting:
                 continue

@@ -281,6 +281,21 @@ def test_a_caller_gone_during_the_gap_is_unresolved_not_lost() -> None:
     assert model.callers("q") == ()
 
 
+def test_an_outcome_pending_at_the_rebuild_is_counted_once() -> None:
+    model = LiveModel()
+    for channel in ("C/1", "C/2"):
+        base = (("Channel", channel), ("Uniqueid", channel[-1]), ("Queue", "q"))
+        model.apply(event("QueueCallerJoin", *base), 1.0)
+        model.apply(event("QueueCallerAbandon", *base), 2.0)
+        model.apply(event("QueueCallerLeave", *base), 2.0)
+    # C/1 is still up (its QUEUESTATUS will come), C/2 hung up while AMI was down
+    model.rebuild([event("QueueParams", ("Queue", "q"))], [event("CoreShowChannel", ("Channel", "C/1"))], 3.0)
+    assert model.counters("q") == QueueCounters(offered=2, unresolved=1)
+    model.apply(event("VarSet", ("Channel", "C/1"), ("Variable", "QUEUESTATUS"), ("Value", "TIMEOUT")), 4.0)
+    model.apply(event("Hangup", ("Channel", "C/1")), 5.0)
+    assert model.counters("q") == QueueCounters(offered=2, overflowed=1, unresolved=1)
+
+
 def test_a_followed_event_without_its_key_field_is_refused() -> None:
     with pytest.raises(ValueError, match="QueueCallerJoin without Channel"):
         LiveModel().apply(event("QueueCallerJoin", ("Queue", "q")), 1.0)
