@@ -317,8 +317,8 @@ class Leadership:
             await asyncio.sleep(self._interval)
             try:
                 held = await self.store.renew_leader(self.name, self.owner, self.ttl_s)
-            except (StateStoreError, OSError, ConnectionError) as exc:
-                log.warning("lease %s: renewal failed: %s", self.name, exc)
+            except Exception as exc:  # any backend's error (Redis down...): retry while the lease lasts
+                log.warning("lease %s: renewal failed: %r", self.name, exc)
                 if time.monotonic() + self._interval < last_ok + self.ttl_s:
                     continue
                 held = False

@@ -359,6 +359,21 @@ async def test_leadership_notices_a_lost_lease(pair: tuple[StateStore, StateStor
     assert await second.leader(LEASE) == "node-b"  # leaving did not release someone else's lease
 
 
+class UnreachableStore(MemoryStateStore):
+    """A store whose backend stops answering renewals (as Redis going down)."""
+
+    async def renew_leader(self, name: str, owner: str, ttl_s: float) -> bool:
+        raise OSError("connection refused")
+
+
+async def test_leadership_is_lost_when_renewals_keep_failing() -> None:
+    store = UnreachableStore()
+    async with store.leadership(LEASE, "node-a", 0.3) as lead:
+        async with asyncio.timeout(5):
+            await lead.lost.wait()
+    await store.close()
+
+
 # --- close
 
 
