@@ -1,7 +1,10 @@
-"""The engine's resources in one object: the FastAGI server and the AMI client.
+"""The engine's resources in one object: the FastAGI server, the AMI client and the live model.
 
 :class:`Engine` owns the server and the client, starts them in order
-and always stops them, whatever failed in between.  The AGI routes come from
+and always stops them, whatever failed in between.  Every AMI event goes to the live model
+(:class:`routing.live.LiveModel`), which is rebuilt from ``QueueStatus`` + ``CoreShowChannels``
+after every (re)connection, before that connection's events are applied; the IVR variables of
+callers first seen in that snapshot are read with ``Getvar``.  The AGI routes come from
 :func:`ivr.routes.build_routes`, with the menu engine of :func:`default_menu_engine`
 (the menus of ``dialplans/``, the hours and urgency rules of ``dialplans/settings/``)
 unless given.  Invalid menus or settings raise :class:`ConfigError` before anything
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +26,16 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from guichet.config import ConfigError, Secret, Settings
+from guichet.names import (
+    GUICHET_CITIZEN_ID,
+    GUICHET_CONTACT_ID,
+    GUICHET_QUEUE,
+    GUICHET_REASON,
+    GUICHET_URGENCY,
+    H_CHANNEL,
+    H_VALUE,
+    H_VARIABLE,
+)
 from ivr.agi_server import FastAgiServer, RouteTable
 from ivr.callers import CitizenDirectory, InMemoryDirectory
 from ivr.hours import MINUTES_PER_DAY, PARIS, HoursConfigError, Schedule, TimeRange, parse_hours
@@ -32,13 +46,24 @@ from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
 from ivr.speech import Recogniser, SpeechModelError, VoskRecogniser
 from ivr.urgency import UrgencyConfigError, parse_rules
+from routing.ami import AmiMessage
 from routing.ami_client import AmiClient, EventCallback
+from routing.errors import AmiActionError, AmiConnectionLost, AmiError, AmiTimeout
+from routing.live import LiveModel
 
 logger = logging.getLogger(__name__)
 
 MENUS_DIR: Final = Path(__file__).resolve().parents[1] / "dialplans"
 HOURS_FILE: Final = "settings/hours.yaml"
 URGENCY_FILE: Final = "settings/urgency.yaml"
+# What a resync reads with Getvar for each caller first seen in a snapshot (5 actions at most).
+RESYNC_VARIABLES: Final = (
+    GUICHET_QUEUE,
+    GUICHET_URGENCY,
+    GUICHET_CITIZEN_ID,
+    GUICHET_CONTACT_ID,
+    GUICHET_REASON,
+)
 
 
 def paris_now() -> datetime:
@@ -159,10 +184,22 @@ def set_event_loop_policy(settings: Settings) -> None:
 
 
 class Engine:
-    """FastAGI server + AMI client, started together and always stopped together."""
+    """FastAGI server + AMI client, started together and always stopped together.
 
-    def __init__(self, settings: Settings, secret: Secret, routes: RouteTable | None = None) -> None:
+    ``clock`` gives the time stamped on the live model's changes (epoch seconds).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        secret: Secret,
+        routes: RouteTable | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
+        self.live = LiveModel()
+        self._clock = clock
         self.agi = FastAgiServer(
             routes or build_routes(default_menu_engine_of(settings)),
             host=settings.agi.host,
@@ -191,13 +228,56 @@ class Engine:
         await self.agi.start()
 
     async def connect_ami(self, port: int) -> None:
-        """Log in to the AMI on ``port``; a bad secret raises at once (fail fast)."""
+        """Log in to the AMI on ``port``; a bad secret raises at once (fail fast).
+
+        From then on, every event updates :attr:`live`, resynced after every (re)connection.
+        """
         ami = AmiClient(self.settings.ami.host, port, self.settings.ami.username, self._secret.value)
+        ami.subscribe("*", self._apply_event)
+        ami.on_connect(self._resync)
         for event, callback in self._subscriptions:
             ami.subscribe(event, callback)
         await ami.start()
         self.ami = ami
         self._ami_port = port
+
+    def _apply_event(self, event: AmiMessage) -> None:
+        self.live.apply(event, self._clock())
+
+    async def _resync(self, ami: AmiClient) -> None:
+        """Rebuild the live model from a snapshot, then read the IVR variables it cannot carry.
+
+        A lost connection propagates: the client reconnects and resyncs again (at start, the engine
+        fails fast as for any connection failure).  Any other failure (a refused or timed-out list,
+        a malformed item) is logged and the model goes on from the events until the next resync.
+        """
+        try:
+            status = await ami.send_action("QueueStatus")
+            channels = await ami.send_action("CoreShowChannels")
+            self.live.rebuild(status.events, channels.events, self._clock())
+        except AmiConnectionLost:
+            raise
+        except (AmiError, ValueError) as exc:
+            logger.error("live model resync failed, following AMI events only until the next one: %s", exc)
+            return
+        missing = self.live.channels_without_variables()
+        for channel in missing:
+            await self._read_variables(ami, channel)
+        logger.info("live model resynced from AMI (%d callers' variables read)", len(missing))
+
+    async def _read_variables(self, ami: AmiClient, channel: str) -> None:
+        """Getvar of :data:`RESYNC_VARIABLES` on ``channel``; a channel gone meanwhile is skipped."""
+        variables: dict[str, str] = {}
+        for name in RESYNC_VARIABLES:
+            try:
+                reply = await ami.send_action("Getvar", [(H_CHANNEL, channel), (H_VARIABLE, name)])
+            except (AmiActionError, AmiTimeout) as exc:
+                logger.info("Getvar %s on %s failed (%s): its variables stay unknown", name, channel, exc)
+                return
+            value = reply.response.get(H_VALUE)
+            if value:
+                variables[name] = value
+        self.live.note_variables(channel, variables)
 
     async def close(self) -> None:
         try:

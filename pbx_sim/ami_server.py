@@ -2,7 +2,7 @@
 
 Banner, Login (``Authentication accepted`` / ``Authentication failed``, then the session
 ends), FullyBooted after login, Events on/off, Ping, CoreStatus, CoreSettings, Logoff,
-CoreShowChannels, QueueStatus, QueueSummary (list replies: EventList start, items with
+CoreShowChannels, Getvar, QueueStatus, QueueSummary (list replies: EventList start, items with
 ActionID last and no Privilege, ...Complete with ListItems), QueueAdd/Remove/Pause/Penalty,
 QueueChangePriorityCaller, Originate (async: Success at once, then OriginateResponse),
 Hangup, unknown action error.  The events an action causes follow its reply.
@@ -232,6 +232,22 @@ class AmiSession:
             ]
         )
 
+    def _action_getvar(self, message: AmiMessage) -> None:
+        """A channel's variable or function (Response: Success, Variable, Value; unset: empty)."""
+        variable = message.get("Variable")
+        if not variable:
+            self.error(message, "No variable specified")
+            return
+        name = message.get("Channel")
+        value = ""  # the simulated PBX has no global variables
+        if name:
+            call = self.pbx.calls.get(name)
+            if call is None:
+                self.error(message, "No such channel")
+                return
+            value = call.lookup(variable) or ""
+        self.reply(message, "Success", ("Variable", variable), ("Value", value))
+
     def _action_hangup(self, message: AmiMessage) -> None:
         name = message.get("Channel") or ""
         call = self.pbx.calls.get(name)
@@ -440,6 +456,13 @@ class AmiServer:
         for session in list(self.sessions):
             if session.authenticated and session.events:
                 session.send(headers)
+
+    def drop_clients(self) -> int:
+        """Close every client's connection from this side (an Asterisk restart); how many were open."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.writer.close()
+        return len(sessions)
 
     async def stop(self) -> None:
         if self._server is not None:
