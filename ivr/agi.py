@@ -451,11 +451,6 @@ class AgiServerConnection(_LineReader):
         self._error: AgiProtocolError | None = None
 
     @property
-    def pending_commands(self) -> int:
-        """Commands sent whose reply has not been parsed yet."""
-        return self._pending
-
-    @property
     def env_received(self) -> bool:
         return self._state is not _State.ENV
 

@@ -482,9 +482,6 @@ class QueueSystem:
                     changed.append((queue, member))
         return changed
 
-    def members_of(self, interface: str) -> list[tuple[CallQueue, QueueMember]]:
-        return [(q, q.members[interface]) for q in self.queues.values() if interface in q.members]
-
     def add_member(
         self,
         queue_name: str,
