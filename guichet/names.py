@@ -20,6 +20,9 @@ GUICHET_REASON: Final = "GUICHET_REASON"  # menu choice that routed the call (to
 GUICHET_CALLBACK_ID: Final = "GUICHET_CALLBACK_ID"
 GUICHET_TRANSFER: Final = "GUICHET_TRANSFER"  # external number the dialplan must Dial (emergencies: 119)
 GUICHET_URGENCY: Final = "GUICHET_URGENCY"  # urgency level name chosen by the IVR (normal/high/urgent)
+GUICHET_QUEUED_AT: Final = "GUICHET_QUEUED_AT"  # ${EPOCH} set by the dialplan just before Queue()
+GUICHET_CALLBACK_NUMBER: Final = "GUICHET_CALLBACK_NUMBER"  # number a queued callback dials (Originate)
+GUICHET_CALLBACK_CONFIRMED: Final = "GUICHET_CALLBACK_CONFIRMED"  # "1" once the called citizen confirmed
 # set by agi_scripts/speech_capture.py (EAGI): the key recognised ("" if none), what was heard,
 # the confidence (0.00-1.00) and the reason (ivr.speech.Reason: "recognised", "no speech"...)
 GUICHET_SPEECH_CHOICE: Final = "GUICHET_SPEECH_CHOICE"
@@ -29,12 +32,16 @@ GUICHET_SPEECH_REASON: Final = "GUICHET_SPEECH_REASON"
 
 # --- Sounds the dialplan plays itself (built by `guichet prompts build`) -------
 APOLOGY_SOUND: Final = "guichet/service-indisponible"  # fail-safe path: the engine did not route the call
+# app_queue's periodic announcement: "press 1 to be called back, you keep your place"
+CALLBACK_OFFER_SOUND: Final = "guichet/offre-rappel"
 
 # --- Asterisk channel variables ---------------------------------------------
 QUEUE_PRIO: Final = "QUEUE_PRIO"
 QUEUESTATUS: Final = "QUEUESTATUS"
 QUEUEPOSITION: Final = "QUEUEPOSITION"
 QUEUEWAIT: Final = "QUEUEWAIT"
+DIALSTATUS: Final = "DIALSTATUS"
+GOSUB_RESULT: Final = "GOSUB_RESULT"
 AGISTATUS: Final = "AGISTATUS"
 CHANNEL_LANGUAGE: Final = "CHANNEL(language)"
 

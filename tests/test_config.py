@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,54 @@ def test_missing_secret_fails_with_the_variable_name(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, f'[ami]\nsecret_file = "{tmp_path / "nope"}"\n'))
     with pytest.raises(ConfigError, match="secret_file: cannot read"):
         settings.ami_secret({})
+
+
+def test_queues_and_agents_sections(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            '[state]\nbackend = "redis"\n[queues.apa]\nservice_level_s = 60\noverflow = "callback"\n'
+            '[agents.a101]\nname = "Marie Durand"\nskills = ["apa", "accueil"]\n',
+        )
+    )
+    assert settings.state.backend == "redis"
+    assert settings.queues["apa"].service_level_s == 60.0
+    assert settings.queues["apa"].overflow == "callback"
+    assert settings.queues["pmi"].overflow == "general"  # every service queue has a policy
+    assert set(settings.queues) == {"apa", "pmi", "mdph", "transport", "rsa", "accueil"}
+    assert settings.agents["a101"].skills == ("apa", "accueil")
+    assert load_settings(None).agents == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[state]\nbackend = "etcd"\n', "[state] backend: expected one of memory, redis"),
+        ('[queues.apa]\noverflow = "voice"\n', "[queues.apa] overflow: expected one of general, callback"),
+        ("[queues.cantine]\nwrapup_s = 3\n", "[queues]: unknown queue(s) cantine"),
+        ('[agents.A1]\nskills = ["apa"]\n', "[agents.A1]: an agent id is"),
+        ('[agents.a1]\nskills = ["cantine"]\n', "[agents.a1] skills: unknown queue(s) cantine"),
+        ("[agents.a1]\nskills = []\n", "[agents.a1] skills: list at least one queue"),
+        ("[agents.a1]\nskills = [1]\n", "[agents.a1] skills: expected a list of strings"),
+        ("[routing]\naging_points = 0\n", "[routing] aging_points: must be at least 1"),
+    ],
+)
+def test_wrong_routing_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(write(tmp_path, text))
+
+
+def test_sip_secret_from_env_or_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "sip.secret"
+    secret_file.write_text("fichier-secret\n", encoding="utf-8")
+    settings = load_settings(
+        write(
+            tmp_path,
+            f'[agents.a-1]\nskills = ["apa"]\n'
+            f'[agents.b2]\nskills = ["pmi"]\nsip_secret_file = "{secret_file}"\n',
+        )
+    )
+    assert settings.sip_secret("a-1", {"GUICHET_SIP_SECRET_A_1": "env-secret"}).value == "env-secret"
+    assert settings.sip_secret("b2", {}).value == "fichier-secret"
+    with pytest.raises(ConfigError, match="GUICHET_SIP_SECRET_A_1"):
+        settings.sip_secret("a-1", {})
