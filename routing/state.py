@@ -74,6 +74,9 @@ class WaitingCaller:
     urgency: str
     citizen_id: str | None = None
     contact_id: str | None = None
+    reason: str | None = None  # the IVR choice that routed the call
+    # Why the caller has this priority (aging's explanation, in French, for supervisors).
+    priority_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
