@@ -182,6 +182,12 @@ class CallView:
     interface: str
     queue: str
     since: float
+    # Who the agent talks to (the card the desk pops): the caller's ids and the IVR's variables.
+    caller_num: str = ""
+    caller_name: str = ""
+    citizen_id: str | None = None
+    contact_id: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -490,13 +496,14 @@ class LiveModel:
         queue = _required(event, H_QUEUE)
         self._left.pop(channel, None)
         self._queue(queue).counters.answered += 1
-        self._calls[channel] = CallView(
-            caller_channel=channel,
-            caller_uniqueid=_required(event, H_UNIQUEID),
-            agent_channel=event.get(H_DEST_CHANNEL) or "",
-            interface=interface,
-            queue=queue,
+        self._calls[channel] = self._call_view(
+            channel,
+            _required(event, H_UNIQUEID),
+            event.get(H_DEST_CHANNEL) or "",
+            interface,
+            queue,
             since=now,
+            caller_ids=(_text(event.get(H_CALLER_ID_NUM)), _text(event.get(H_CALLER_ID_NAME))),
         )
         changes = [Change("counters", channel, queue), Change("call_started", channel, queue)]
         agent = self._agents.get(interface)
@@ -504,6 +511,32 @@ class LiveModel:
             agent.ringing_for = None
             changes.append(Change("agent_updated", interface))
         return changes
+
+    def _call_view(
+        self,
+        channel: str,
+        uniqueid: str,
+        agent_channel: str,
+        interface: str,
+        queue: str,
+        *,
+        since: float,
+        caller_ids: tuple[str, str],
+    ) -> CallView:
+        variables = self._variables.get(channel, {})
+        return CallView(
+            caller_channel=channel,
+            caller_uniqueid=uniqueid,
+            agent_channel=agent_channel,
+            interface=interface,
+            queue=queue,
+            since=since,
+            caller_num=caller_ids[0],
+            caller_name=caller_ids[1],
+            citizen_id=variables.get(GUICHET_CITIZEN_ID),
+            contact_id=variables.get(GUICHET_CONTACT_ID),
+            reason=variables.get(GUICHET_REASON),
+        )
 
     def _on_agent_complete(self, event: AmiMessage, now: float) -> list[Change]:
         channel = _required(event, H_CHANNEL)
@@ -709,13 +742,15 @@ class LiveModel:
                     (q for q, m in agent.memberships.items() if m.in_call), next(iter(agent.memberships))
                 )
                 item = channels[caller_channel]
-                self._calls[caller_channel] = CallView(
-                    caller_channel=caller_channel,
-                    caller_uniqueid=_required(item, H_UNIQUEID),
-                    agent_channel=agent_channel,
-                    interface=agent.interface,
-                    queue=queue,
+                self._calls[caller_channel] = self._call_view(
+                    caller_channel,
+                    _required(item, H_UNIQUEID),
+                    agent_channel,
+                    agent.interface,
+                    queue,
                     since=now - _duration(channels[agent_channel].get(H_DURATION)),
+                    # CoreShowChannel does not C-escape CallerIDName (like QueueStatus): taken as is
+                    caller_ids=(_plain(item.get(H_CALLER_ID_NUM)), _plain(item.get(H_CALLER_ID_NAME))),
                 )
 
 

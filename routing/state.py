@@ -100,6 +100,10 @@ class CallInProgress:
     agent: str
     caller_number: str
     started_at: float  # epoch seconds
+    caller_name: str = ""
+    citizen_id: str | None = None  # the card the desk pops
+    contact_id: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

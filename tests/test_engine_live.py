@@ -115,6 +115,10 @@ async def test_events_after_the_start_answer_then_end_the_call(rig: Rig) -> None
     rig.pbx.add_agent(SimAgent("PJSIP/agent1", "Agent One", queues=[QUEUE], answer_delay=1, talk_time=4))
     await until(lambda: rig.talking() == [handle.channel.name], "the agent's call is in progress")
     assert rig.waiting() == []
+    (talk,) = rig.engine.live.calls()
+    # the card to pop: who is calling and what the IVR learnt, kept after the caller left the queue
+    assert (talk.caller_num, talk.caller_name) == ("0622222222", "Caller 0622222222")
+    assert (talk.citizen_id, talk.contact_id, talk.interface) == ("c-42", None, "PJSIP/agent1")
     (agent,) = rig.engine.live.agents(rig.pbx.clock.now())
     assert agent.interface == "PJSIP/agent1"
     assert agent.state is AgentState.TALKING
