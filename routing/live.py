@@ -444,7 +444,11 @@ class LiveModel:
 
     def _on_abandon(self, event: AmiMessage, now: float) -> list[Change]:
         channel = _required(event, H_CHANNEL)
-        self._left[channel] = _Left(_required(event, H_QUEUE), abandoned=True)
+        queue = self._queues.get(_required(event, H_QUEUE))
+        # Events sent between a reconnection and its snapshot arrive after the rebuild: a caller the
+        # snapshot no longer holds was already counted (unresolved) and must not be counted twice.
+        if queue is not None and queue.index_of(channel) >= 0:
+            self._left[channel] = _Left(queue.name, abandoned=True)
         return []
 
     def _on_leave(self, event: AmiMessage, now: float) -> list[Change]:
@@ -495,6 +499,8 @@ class LiveModel:
         interface = _required(event, H_INTERFACE)
         queue = _required(event, H_QUEUE)
         self._left.pop(channel, None)
+        if channel in self._calls:  # already paired by a rebuild from a later snapshot: counted there
+            return []
         self._queue(queue).counters.answered += 1
         self._calls[channel] = self._call_view(
             channel,

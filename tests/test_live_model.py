@@ -296,6 +296,30 @@ def test_an_outcome_pending_at_the_rebuild_is_counted_once() -> None:
     assert model.counters("q") == QueueCounters(offered=2, overflowed=1, unresolved=1)
 
 
+def test_events_sent_before_the_snapshot_but_applied_after_it_count_nothing_twice() -> None:
+    """After a reconnection, events sent before the QueueStatus reply are applied after the rebuild."""
+    model = LiveModel()
+    gone = (("Channel", "C/1"), ("Uniqueid", "1"), ("Queue", "q"))
+    answered = (("Channel", "C/2"), ("Uniqueid", "2"), ("Queue", "q"))
+    for base in (gone, answered):
+        model.apply(event("QueueCallerJoin", *base), 1.0)
+    member = event("QueueMember", ("Queue", "q"), ("Location", "A/1"), ("Status", "2"), ("InCall", "1"))
+    bridged = [
+        event("CoreShowChannel", ("Channel", "C/2"), ("Uniqueid", "2"), ("BridgeId", "b")),
+        event("CoreShowChannel", ("Channel", "A/1-0001"), ("Uniqueid", "9"), ("BridgeId", "b")),
+    ]
+    # the snapshot: C/1 already gone (unresolved), C/2 already talking to A/1 (answered)
+    model.rebuild([event("QueueParams", ("Queue", "q")), member], bridged, 3.0)
+    assert model.counters("q") == QueueCounters(offered=2, answered=1, unresolved=1)
+    model.apply(event("QueueCallerAbandon", *gone), 3.1)
+    model.apply(event("QueueCallerLeave", *gone), 3.1)
+    model.apply(event("Hangup", ("Channel", "C/1")), 3.1)
+    model.apply(event("QueueCallerLeave", *answered), 3.1)
+    model.apply(event("AgentConnect", *answered, ("Interface", "A/1"), ("DestChannel", "A/1-0001")), 3.1)
+    assert model.counters("q") == QueueCounters(offered=2, answered=1, unresolved=1)
+    assert [call.caller_channel for call in model.calls()] == ["C/2"]
+
+
 def test_a_followed_event_without_its_key_field_is_refused() -> None:
     with pytest.raises(ValueError, match="QueueCallerJoin without Channel"):
         LiveModel().apply(event("QueueCallerJoin", ("Queue", "q")), 1.0)
