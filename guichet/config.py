@@ -85,6 +85,7 @@ class StateSettings:
 
     backend: str = "memory"  # "memory" or "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "guichet:"  # every key and channel of this deployment starts with it (one Redis, many)
     node: str = ""  # this process's name in the leader lease; empty: <hostname>:<pid>
     lease_ttl_s: float = 5.0  # a dead leader's lease expires after this; another node takes AMI over
 
@@ -99,6 +100,9 @@ class HttpSettings:
     # password_hash = "scrypt$..." (`guichet users add`), agent = "<agent id>" for agents.
     users_file: str = ""
     session_ttl_s: float = 36000.0  # a login lasts one working day
+    # Key signing the session cookies, shared by every engine node (so any node accepts a login):
+    # this file, or the environment variable GUICHET_SESSION_KEY; neither: a random key per process.
+    session_key_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
-"""The engine's resources in one object: the FastAGI server, the AMI client and the live model.
+"""The engine's resources in one object: the FastAGI server, the AMI client, the live model and store.
 
-:class:`Engine` owns the server and the client, starts them in order
+:class:`Engine` owns the server, the client and the live state store, starts them in order
 and always stops them, whatever failed in between.  Every AMI event goes to the live model
 (:class:`routing.live.LiveModel`), which is rebuilt from ``QueueStatus`` + ``CoreShowChannels``
 after every (re)connection, before that connection's events are applied; the IVR variables of
-callers first seen in that snapshot are read with ``Getvar``.  The AGI routes come from
+callers first seen in that snapshot are read with ``Getvar``.  The model is mirrored into the store
+(:class:`routing.mirror.StoreMirror`), which every node's web server reads.
+
+Several engine processes may share one Redis (``[state] backend = "redis"``): all serve FastAGI,
+exactly one (the holder of the :data:`AMI_LEASE` lease) consumes AMI, mirrors the model and runs the
+tickers (its *duties*); when it dies, its lease expires and another node takes over, resyncing from
+AMI.  With the default in-memory store the single process always holds the lease.  The AGI routes come from
 :func:`ivr.routes.build_routes`, with the menu engine of :func:`default_menu_engine`
 (the menus of ``dialplans/``, the hours and urgency rules of ``dialplans/settings/``)
 unless given.  Invalid menus or settings raise :class:`ConfigError` before anything
@@ -14,8 +20,11 @@ listens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -49,7 +58,10 @@ from ivr.urgency import UrgencyConfigError, parse_rules
 from routing.ami import AmiMessage
 from routing.ami_client import AmiClient, EventCallback
 from routing.errors import AmiActionError, AmiConnectionLost, AmiError, AmiTimeout
-from routing.live import LiveModel
+from routing.live import Change, LiveModel
+from routing.mirror import StoreMirror
+from routing.state import MemoryStateStore, StateStore
+from routing.state_redis import RedisStateStore
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +76,11 @@ RESYNC_VARIABLES: Final = (
     GUICHET_CONTACT_ID,
     GUICHET_REASON,
 )
+AMI_LEASE: Final = "ami"  # the lease whose holder consumes AMI and runs the tickers
+MIRROR_REFRESH_S: Final = 1.0  # the store is refreshed at least this often (a wrap-up ends without an event)
+LEAD_RETRY_S: Final = 5.0  # a leader that could not log in to AMI gives the lease up this long
+
+Duty = Callable[[AmiClient, asyncio.Event], Awaitable[None]]
 
 
 def paris_now() -> datetime:
@@ -183,10 +200,23 @@ def set_event_loop_policy(settings: Settings) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-class Engine:
-    """FastAGI server + AMI client, started together and always stopped together.
+def make_store(settings: Settings) -> StateStore:
+    """The configured live state store (Redis: connected lazily, checked by the first command)."""
+    if settings.state.backend == "redis":
+        return RedisStateStore.from_url(settings.state.redis_url, prefix=settings.state.prefix)
+    return MemoryStateStore()
 
-    ``clock`` gives the time stamped on the live model's changes (epoch seconds).
+
+def node_name(settings: Settings) -> str:
+    """This process's name in the AMI lease: ``[state] node``, or ``<hostname>:<pid>``."""
+    return settings.state.node or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Engine:
+    """FastAGI server + AMI client + live state store, started together and always stopped together.
+
+    ``clock`` gives the time stamped on the live model's changes (epoch seconds).  ``store``: the live
+    state store to use (default: the configured one, owned and closed by the engine).
     """
 
     def __init__(
@@ -196,9 +226,14 @@ class Engine:
         routes: RouteTable | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        store: StateStore | None = None,
     ) -> None:
         self.settings = settings
-        self.live = LiveModel()
+        self.live = LiveModel({name: policy.wrapup_s for name, policy in settings.queues.items()})
+        self.store = store if store is not None else make_store(settings)
+        self._owns_store = store is None
+        self.node = node_name(settings)
+        self.mirror = StoreMirror(self.live, self.store)
         self._clock = clock
         self.agi = FastAgiServer(
             routes or build_routes(default_menu_engine_of(settings)),
@@ -210,8 +245,14 @@ class Engine:
         )
         self._secret = secret
         self._subscriptions: list[tuple[str, EventCallback]] = []
+        self._duties: list[tuple[str, Duty]] = []
         self.ami: AmiClient | None = None
         self._ami_port = settings.ami.port
+        self._changes: list[Change] = []
+        self._dirty = asyncio.Event()
+        self._leading: list[asyncio.Task[None]] = []  # the mirror and the duties, while leading
+        self._stop_duties = asyncio.Event()
+        self._lead_task: asyncio.Task[None] | None = None
 
     def subscribe(self, event: str, callback: EventCallback) -> None:
         """Deliver AMI events named ``event`` (or ``*``) to ``callback``, from the first login on."""
@@ -219,30 +260,131 @@ class Engine:
         if self.ami is not None:
             self.ami.subscribe(event, callback)
 
+    def add_duty(self, name: str, duty: Duty) -> None:
+        """Run ``duty(ami, stop)`` while this node consumes AMI (a ticker); it ends once ``stop`` is set."""
+        if any(known == name for known, _ in self._duties):
+            raise ValueError(f"duty {name!r} is already registered")
+        self._duties.append((name, duty))
+
     async def start(self) -> None:
-        """Listen for FastAGI first (calls must never find it closed), then log in to AMI."""
+        """Listen for FastAGI first (calls must never find it closed), then take the AMI lease or stand by.
+
+        Fails fast when this node gets the lease but cannot log in (a bad secret, Asterisk unreachable) or
+        when the store cannot be reached; a node whose lease is held by another returns at once (standby).
+        """
         await self.start_agi()
-        await self.connect_ami(self.settings.ami.port)
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lead_task = asyncio.create_task(self._lead(first), name="ami-lease")
+        try:
+            await first
+        except BaseException:
+            await self._stop_lead_task()
+            raise
 
     async def start_agi(self) -> None:
         await self.agi.start()
 
+    async def _lead(self, first: asyncio.Future[None]) -> None:
+        """Take the AMI lease whenever it is free; consume AMI and run the duties while holding it."""
+        ttl = self.settings.state.lease_ttl_s
+        while True:
+            try:
+                holder = await self.store.leader(AMI_LEASE)
+            except Exception as exc:
+                if not first.done():
+                    first.set_exception(exc)
+                    return
+                logger.warning("live state store unreachable (%r): retrying", exc)
+                await asyncio.sleep(ttl / 3)
+                continue
+            if holder not in (None, self.node):
+                logger.info(
+                    "standby: node %s consumes AMI; node %s serves FastAGI and the web", holder, self.node
+                )
+                if not first.done():
+                    first.set_result(None)
+            async with self.store.leadership(AMI_LEASE, self.node, ttl) as lead:
+                try:
+                    await self.connect_ami(self.settings.ami.port)
+                except (AmiError, OSError) as exc:
+                    if not first.done():
+                        first.set_exception(exc)
+                        return
+                    logger.error("node %s holds the AMI lease but cannot log in: %s", self.node, exc)
+                    await self._stop_leading()
+                    await asyncio.sleep(LEAD_RETRY_S)
+                    continue
+                logger.info("node %s consumes AMI", self.node)
+                if not first.done():
+                    first.set_result(None)
+                await lead.lost.wait()
+                logger.warning("node %s lost the AMI lease: it stops consuming AMI", self.node)
+                await self._stop_leading()
+
     async def connect_ami(self, port: int) -> None:
         """Log in to the AMI on ``port``; a bad secret raises at once (fail fast).
 
-        From then on, every event updates :attr:`live`, resynced after every (re)connection.
+        From then on, every event updates :attr:`live`, resynced after every (re)connection and mirrored
+        into the store, and the duties run.
         """
         ami = AmiClient(self.settings.ami.host, port, self.settings.ami.username, self._secret.value)
         ami.subscribe("*", self._apply_event)
         ami.on_connect(self._resync)
         for event, callback in self._subscriptions:
             ami.subscribe(event, callback)
+        await self.mirror.adopt()
         await ami.start()
         self.ami = ami
         self._ami_port = port
+        self._stop_duties = asyncio.Event()
+        self._leading = [asyncio.create_task(self._mirror_loop(), name="mirror")]
+        self._leading += [
+            asyncio.create_task(self._run_duty(name, duty, ami), name=name) for name, duty in self._duties
+        ]
+
+    async def _run_duty(self, name: str, duty: Duty, ami: AmiClient) -> None:
+        try:
+            await duty(ami, self._stop_duties)
+        except Exception:
+            logger.exception("duty %s failed; it stays stopped until this node leads again", name)
+
+    async def _mirror_loop(self) -> None:
+        """Mirror the model into the store after every batch of changes, and at least every second."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), MIRROR_REFRESH_S)
+            self._dirty.clear()
+            changes, self._changes = self._changes, []
+            try:
+                await self.mirror.sync(self._clock(), changes)
+            except Exception as exc:  # the store is down: the next round writes what differs
+                logger.warning("live state store not updated (%r): retrying", exc)
+
+    async def _stop_leading(self) -> None:
+        """Stop the duties (asked first, then cancelled), the mirror and the AMI client."""
+        self._stop_duties.set()
+        tasks, self._leading = self._leading, []
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        ami, self.ami = self.ami, None
+        if ami is not None:
+            await ami.close()
+
+    async def _stop_lead_task(self) -> None:
+        task, self._lead_task = self._lead_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _apply_event(self, event: AmiMessage) -> None:
-        self.live.apply(event, self._clock())
+        changes = self.live.apply(event, self._clock())
+        if changes:
+            self._changes += changes
+            self._dirty.set()
 
     async def _resync(self, ami: AmiClient) -> None:
         """Rebuild the live model from a snapshot, then read the IVR variables it cannot carry.
@@ -254,7 +396,8 @@ class Engine:
         try:
             status = await ami.send_action("QueueStatus")
             channels = await ami.send_action("CoreShowChannels")
-            self.live.rebuild(status.events, channels.events, self._clock())
+            self._changes += self.live.rebuild(status.events, channels.events, self._clock())
+            self._dirty.set()
         except AmiConnectionLost:
             raise
         except (AmiError, ValueError) as exc:
@@ -277,14 +420,19 @@ class Engine:
             value = reply.response.get(H_VALUE)
             if value:
                 variables[name] = value
-        self.live.note_variables(channel, variables)
+        self._changes += self.live.note_variables(channel, variables)
+        self._dirty.set()
 
     async def close(self) -> None:
         try:
-            if self.ami is not None:
-                await self.ami.close()
+            await self._stop_lead_task()  # leaving the lease's block releases it
+            await self._stop_leading()
         finally:
-            await self.agi.close()
+            try:
+                await self.agi.close()
+            finally:
+                if self._owns_store:
+                    await self.store.close()
 
     def addresses(self) -> list[str]:
         lines = [f"FastAGI server: agi://{self.settings.agi.host}:{self.agi.port}/{IVR_ROUTE}"]

@@ -1,11 +1,14 @@
-"""Shared fixtures: where the real Asterisk 22 recordings live."""
+"""Shared fixtures: where the real Asterisk 22 recordings live; a real redis-server for the session."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.redis_server import RedisServer, running_redis_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,3 +27,9 @@ def captures_path() -> Path:
 @pytest.fixture(scope="session")
 def captures_dir() -> Path:
     return captures_path()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis_server() as server:
+        yield server

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -27,17 +27,11 @@ from routing.state import (
     WaitingCaller,
 )
 from routing.state_redis import RedisStateStore
-from tests.redis_server import RedisServer, running_redis_server
+from tests.redis_server import RedisServer
 
 T0 = 1_764_345_600.0  # an epoch second (2025-11-28)
 ODD_TEXT = 'Zoé "la fée" O\'Brien\nligne 2\t; DROP -- 🙂 \\ ü'
 LEASE = "ami-consumer"
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])
