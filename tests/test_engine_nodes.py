@@ -56,7 +56,7 @@ class Cluster:
     start: Callable[[str], Awaitable[Node]]
 
     def ami_clients(self) -> int:
-        return sum(1 for session in self.sim._server.sessions if session.authenticated)  # noqa: SLF001
+        return sum(1 for session in self.sim._server.sessions if session.authenticated)
 
 
 @pytest.fixture
