@@ -97,3 +97,11 @@ EV_QUEUE_MEMBER_PAUSE: Final = "QueueMemberPause"
 EV_QUEUE_MEMBER_STATUS: Final = "QueueMemberStatus"
 EV_ORIGINATE_RESPONSE: Final = "OriginateResponse"
 EV_QUEUE_MEMBER_PENALTY: Final = "QueueMemberPenalty"
+
+# --- AMI Originate (queued callbacks: routing/callbacks.py) -------------------------------
+ORIGINATE: Final = "Originate"  # the action
+H_CONTEXT: Final = "Context"
+H_EXTEN: Final = "Exten"
+H_TIMEOUT: Final = "Timeout"  # Originate: ms the originated channel may ring
+H_CALLERID: Final = "CallerID"  # Originate: '"Name" <number>'
+H_ASYNC: Final = "Async"

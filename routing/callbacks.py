@@ -8,10 +8,47 @@ dials it agent-first when it reaches the head of its queue and an agent is free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from enum import Enum
-from typing import Protocol
+from typing import Final, Protocol
+
+from guichet.names import (
+    GUICHET_CALLBACK_ID,
+    GUICHET_CALLBACK_NUMBER,
+    GUICHET_CITIZEN_ID,
+    GUICHET_CONTACT_ID,
+    GUICHET_QUEUE,
+    GUICHET_REASON,
+    H_ASYNC,
+    H_CALLERID,
+    H_CHANNEL,
+    H_CONTEXT,
+    H_EXTEN,
+    H_PRIORITY,
+    H_REASON,
+    H_TIMEOUT,
+    H_VARIABLE,
+    ORIGINATE,
+)
+from ivr.callers import E164Number, normalise
+from ivr.hours import Schedule, is_open, next_opening
+from ivr.menu_engine import CallbackRequest, CallbackSink
+from routing.ami import AmiMessage
+from routing.ami_client import AmiResponse
+from routing.errors import AmiError
+from routing.live import AgentState, AgentView, WaitingCaller
+
+log = logging.getLogger(__name__)
 
 
 class CallbackOutcome(Enum):
@@ -51,6 +88,8 @@ class QueuedCallback:
     outcomes: tuple[CallbackOutcome, ...]  # every attempt's outcome, in order
     next_attempt_at: float | None  # epoch seconds; None while dialing or when finished
     merged: int = 0  # duplicate requests for the same number merged into this one
+    agent: str | None = None  # while dialing: the agent's interface (PJSIP/<id>) rung for it
+    agent_answered_at: float | None = None  # while dialing: when that agent answered (citizen dialled)
 
 
 class QueuedCallbacks(Protocol):
@@ -67,3 +106,509 @@ class QueuedCallbacks(Protocol):
     async def pending(self) -> Sequence[QueuedCallback]:
         """Every callback not finished, in serving order, then the finished ones of today."""
         ...
+
+
+# --- the keeper ------------------------------------------------------------------------------------
+
+WAITING: Final = "waiting"
+DIALING: Final = "dialing"
+DONE: Final = "done"
+FAILED: Final = "failed"
+_FINISHED: Final = frozenset({DONE, FAILED})
+# Outcomes that count as an attempt on the citizen's line (AGENT_NO_ANSWER does not: nobody dialled them).
+_CITIZEN_OUTCOMES: Final = frozenset(CallbackOutcome) - {CallbackOutcome.AGENT_NO_ANSWER}
+# What a back-office callback request says when the queued callback never reached the citizen.
+BACK_OFFICE_REASON: Final = "rappel en file d'attente sans réponse"
+
+
+class LiveView(Protocol):
+    """What the keeper reads of the live model (:class:`routing.live.LiveModel` has it)."""
+
+    def callers(self, queue: str) -> Sequence[WaitingCaller]: ...
+
+    def agents(self, now: float) -> Sequence[AgentView]: ...
+
+
+@dataclass(frozen=True)
+class Dial:
+    """A dispatch decision: dial ``callback`` now, agent first, on ``interface`` (``PJSIP/<agent id>``)."""
+
+    callback: QueuedCallback
+    interface: str
+
+
+@dataclass
+class _Held:
+    id: str
+    request: QueuedCallbackRequest
+    state: str = WAITING
+    attempts: int = 0
+    outcomes: list[CallbackOutcome] = field(default_factory=list)
+    next_attempt_at: float | None = None
+    merged: int = 0
+    agent: str | None = None  # the interface rung (or talking) for this callback while dialing
+    dial_started_at: float = 0.0
+    agent_answered_at: float | None = None
+    finished_at: float | None = None
+
+    def view(self) -> QueuedCallback:
+        return QueuedCallback(
+            id=self.id,
+            request=self.request,
+            state=self.state,
+            attempts=self.attempts,
+            outcomes=tuple(self.outcomes),
+            next_attempt_at=None if self.state in _FINISHED else self.next_attempt_at,
+            merged=self.merged,
+            agent=self.agent,
+            agent_answered_at=self.agent_answered_at,
+        )
+
+    def serving_key(self) -> tuple[int, float]:
+        return (-self.request.priority, self.request.joined_at)
+
+
+def e164(number: str) -> str:
+    """``number`` in E.164 (``06 12 34 56 78`` -> ``+33612345678``); ValueError when it cannot be dialled."""
+    parsed = normalise(number)
+    if not isinstance(parsed, E164Number):
+        raise ValueError(f"callback number {number[:32]!r} is not a valid public phone number")
+    return parsed.e164
+
+
+def _ahead(caller: WaitingCaller, request: QueuedCallbackRequest) -> bool:
+    """Whether a real caller is served before the virtual one: (priority desc, join time asc)."""
+    priority = caller.priority or 0  # unknown: Asterisk's default
+    return priority > request.priority or (
+        priority == request.priority and caller.join_time <= request.joined_at
+    )
+
+
+class CallbackKeeper:
+    """Holds queued callbacks as virtual callers and decides when, and on which agent, to dial them.
+
+    The core is pure and synchronous (every method takes ``now``, epoch seconds): :meth:`hold`,
+    :meth:`due`, :meth:`start_dial`, :meth:`agent_answered`, :meth:`note_outcome`, :meth:`expire`,
+    :meth:`snapshot`.  The :class:`QueuedCallbacks` methods wrap them with ``clock`` for the AGI
+    routes and the API.
+
+    * A request for a number already pending (waiting or dialing) is merged into it: the earliest
+      join time and the highest priority are kept, ``merged`` counts the duplicates; a waiting
+      retry becomes due again at once (the citizen just called, they are reachable).
+    * Attempts on the citizen (no answer, busy, failed, unconfirmed) are retried ``retry_s`` later,
+      at the next opening of ``schedule`` when that falls outside opening hours, up to ``attempts``;
+      then the callback is ``failed`` and handed to ``back_office`` (a callback request) by
+      :meth:`file_failed`.  An agent who did not answer costs the citizen no attempt: the callback
+      goes to another agent at once, and that agent gets no callback for ``agent_rest_s``.
+    * Guards, so that nothing stays stuck: a dial with no Originate outcome after ``dial_timeout_s``
+      counts as the agent not answering; a dial whose agent answered but whose citizen outcome is
+      never reported within ``outcome_timeout_s`` counts as a FAILED attempt.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        retry_s: float = 600.0,
+        attempts: int = 3,
+        agent_rest_s: float = 30.0,
+        dial_timeout_s: float = 60.0,
+        outcome_timeout_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] | None = None,
+        back_office: CallbackSink | None = None,
+    ) -> None:
+        if retry_s <= 0 or agent_rest_s < 0 or dial_timeout_s <= 0 or outcome_timeout_s <= 0:
+            raise ValueError("callback delays must be positive")
+        if attempts < 1:
+            raise ValueError("a queued callback needs at least one attempt")
+        self.schedule = schedule
+        self._retry_s = retry_s
+        self._attempts = attempts
+        self._agent_rest_s = agent_rest_s
+        self._dial_timeout_s = dial_timeout_s
+        self._outcome_timeout_s = outcome_timeout_s
+        self._clock = clock
+        self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
+        self._back_office = back_office
+        self._held: dict[str, _Held] = {}
+        self._last_dial: dict[str, float] = {}  # interface -> when the keeper last dialled it
+        self._resting: dict[str, float] = {}  # interface -> no callback before this (did not answer)
+        self._to_file: list[QueuedCallback] = []
+
+    # --- QueuedCallbacks ---------------------------------------------------------------------------
+    async def keep(self, request: QueuedCallbackRequest) -> str:
+        return self.hold(request, self._clock())
+
+    async def record_outcome(self, callback_id: str, outcome: CallbackOutcome, detail: str = "") -> None:
+        self.note_outcome(callback_id, outcome, self._clock(), detail)
+        await self.file_failed()
+
+    async def pending(self) -> Sequence[QueuedCallback]:
+        return self.snapshot(self._clock())
+
+    # --- the pure core -----------------------------------------------------------------------------
+    def hold(self, request: QueuedCallbackRequest, now: float) -> str:
+        """Keep ``request`` (merged into a pending one for the same number); return the callback's id.
+
+        ValueError, holding nothing, for a number that cannot be dialled, no queue or a bad join time.
+        """
+        number = e164(request.number)
+        if not request.queue:
+            raise ValueError("a queued callback needs its queue")
+        if not math.isfinite(request.joined_at) or request.joined_at > now:
+            raise ValueError(f"callback join time {request.joined_at!r} is not a past epoch time")
+        request = replace(request, number=number)
+        for held in self._held.values():
+            if held.state not in _FINISHED and held.request.number == number:
+                self._merge(held, request, now)
+                return held.id
+        callback_id = self._new_id()
+        if callback_id in self._held:
+            raise RuntimeError(f"callback id {callback_id!r} given twice by the id factory")
+        self._held[callback_id] = _Held(callback_id, request)
+        log.info(
+            "queued callback %s kept for queue %s (priority %d)", callback_id, request.queue, request.priority
+        )
+        return callback_id
+
+    def _merge(self, held: _Held, request: QueuedCallbackRequest, now: float) -> None:
+        kept = held.request
+        held.request = replace(
+            kept,
+            priority=max(kept.priority, request.priority),
+            joined_at=min(kept.joined_at, request.joined_at),
+            citizen_id=kept.citizen_id or request.citizen_id,
+            contact_id=kept.contact_id or request.contact_id,
+            caller_name=kept.caller_name or request.caller_name,
+        )
+        held.merged += 1
+        if held.state == WAITING and held.next_attempt_at is not None and held.next_attempt_at > now:
+            held.next_attempt_at = None
+        log.info("queued callback %s: a duplicate request merged (%d so far)", held.id, held.merged)
+
+    def is_open(self, now: float) -> bool:
+        return is_open(self.schedule, datetime.fromtimestamp(now, UTC))
+
+    def due(self, now: float, live: LiveView) -> list[Dial]:
+        """The callbacks to dial now, each with its agent; nothing while ``schedule`` is closed.
+
+        A waiting callback (its retry time reached) competes with the real callers of its queue by
+        (priority desc, join time asc), as app_queue orders them: it is due when none is ahead of it.
+        Each goes to a distinct AVAILABLE member of its queue that is neither dialling a callback
+        nor resting, the least recently dialled by the keeper first: never more callbacks at once
+        than free agents.
+        """
+        if not self.is_open(now):
+            return []
+        busy = {held.agent for held in self._held.values() if held.state == DIALING}
+        free = [
+            agent
+            for agent in live.agents(now)
+            if agent.state is AgentState.AVAILABLE
+            and agent.interface not in busy
+            and self._resting.get(agent.interface, now) <= now
+        ]
+        free.sort(key=lambda agent: self._last_dial.get(agent.interface, -math.inf))  # stable
+        waiting = sorted(
+            (h for h in self._held.values() if h.state == WAITING and (h.next_attempt_at or now) <= now),
+            key=_Held.serving_key,
+        )
+        dials: list[Dial] = []
+        for held in waiting:
+            queue = held.request.queue
+            if any(_ahead(caller, held.request) for caller in live.callers(queue)):
+                continue
+            agent = next((a for a in free if queue in a.queues), None)
+            if agent is None:
+                continue
+            free.remove(agent)
+            dials.append(Dial(held.view(), agent.interface))
+        return dials
+
+    def start_dial(self, callback_id: str, interface: str, now: float) -> None:
+        """The dispatcher originates ``callback_id`` on ``interface`` (from :meth:`due`)."""
+        held = self._held[callback_id]
+        if held.state != WAITING:
+            raise ValueError(f"callback {callback_id} is {held.state}, not waiting")
+        held.state = DIALING
+        held.agent = interface
+        held.dial_started_at = now
+        held.agent_answered_at = None
+        held.next_attempt_at = None
+        self._last_dial[interface] = now
+
+    def cancel_dial(self, callback_id: str, now: float) -> None:
+        """The Originate could not be sent: back to waiting, no outcome, the agent rests."""
+        held = self._held.get(callback_id)
+        if held is None or held.state != DIALING:
+            return
+        self._release(held, now, rest=True)
+        held.state = WAITING
+
+    def agent_answered(self, callback_id: str, now: float) -> None:
+        """The agent picked up: the dialplan now dials the citizen; the routes report how it ended."""
+        held = self._held.get(callback_id)
+        if held is not None and held.state == DIALING:
+            held.agent_answered_at = now
+
+    def note_outcome(self, callback_id: str, outcome: CallbackOutcome, now: float, detail: str = "") -> None:
+        """One attempt's outcome; unknown ids and outcomes for finished callbacks are logged and ignored."""
+        held = self._held.get(callback_id)
+        if held is None:
+            log.warning("outcome %s for unknown queued callback %.40r: ignored", outcome.value, callback_id)
+            return
+        if outcome is CallbackOutcome.AGENT_NO_ANSWER and held.state != DIALING:
+            log.info("queued callback %s no longer dialing: agent outcome ignored", callback_id)
+            return
+        if held.state in _FINISHED:
+            log.warning(
+                "outcome %s for queued callback %s already %s: ignored",
+                outcome.value,
+                callback_id,
+                held.state,
+            )
+            return
+        log.info("queued callback %s: %s%s", callback_id, outcome.value, f" ({detail})" if detail else "")
+        held.outcomes.append(outcome)
+        self._release(held, now, rest=outcome is CallbackOutcome.AGENT_NO_ANSWER)
+        if outcome in _CITIZEN_OUTCOMES:
+            held.attempts += 1
+        if outcome is CallbackOutcome.ANSWERED:
+            self._finish(held, DONE, now)
+        elif held.attempts >= self._attempts:
+            self._finish(held, FAILED, now)
+            self._to_file.append(held.view())
+        else:
+            held.state = WAITING
+            if outcome in _CITIZEN_OUTCOMES:
+                held.next_attempt_at = self._retry_at(now + self._retry_s)
+
+    def _release(self, held: _Held, now: float, *, rest: bool) -> None:
+        if rest and held.agent is not None:
+            self._resting[held.agent] = now + self._agent_rest_s
+        held.agent = None
+        held.agent_answered_at = None
+
+    def _finish(self, held: _Held, state: str, now: float) -> None:
+        held.state = state
+        held.next_attempt_at = None
+        held.finished_at = now
+
+    def _retry_at(self, at: float) -> float:
+        """``at`` if the schedule is open then, else its next opening."""
+        opening = next_opening(self.schedule, datetime.fromtimestamp(at, UTC))
+        return opening.timestamp() if opening is not None else at
+
+    def expire(self, now: float) -> None:
+        """Settle dials whose outcome never came (see the class guards); forget callbacks finished
+        before today (local day of ``schedule``)."""
+        for held in list(self._held.values()):
+            if held.state != DIALING:
+                continue
+            if held.agent_answered_at is None and now - held.dial_started_at >= self._dial_timeout_s:
+                self.note_outcome(held.id, CallbackOutcome.AGENT_NO_ANSWER, now, "no Originate outcome")
+            elif (
+                held.agent_answered_at is not None and now - held.agent_answered_at >= self._outcome_timeout_s
+            ):
+                self.note_outcome(held.id, CallbackOutcome.FAILED, now, "no citizen outcome reported")
+        today = self._day(now)
+        for held in list(self._held.values()):
+            if held.finished_at is not None and self._day(held.finished_at) < today:
+                del self._held[held.id]
+        self._resting = {agent: until for agent, until in self._resting.items() if until > now}
+
+    def _day(self, at: float) -> date:
+        return datetime.fromtimestamp(at, self.schedule.tz).date()
+
+    def snapshot(self, now: float) -> list[QueuedCallback]:
+        """Dialling callbacks, then waiting ones in serving order, then those finished today."""
+        today = self._day(now)
+        active = sorted(
+            (h for h in self._held.values() if h.state not in _FINISHED),
+            key=lambda h: (h.state != DIALING, *h.serving_key()),
+        )
+        finished = sorted(
+            (
+                h
+                for h in self._held.values()
+                if h.finished_at is not None and self._day(h.finished_at) == today
+            ),
+            key=lambda h: h.finished_at or 0.0,
+        )
+        return [held.view() for held in (*active, *finished)]
+
+    def get(self, callback_id: str) -> QueuedCallback | None:
+        held = self._held.get(callback_id)
+        return held.view() if held is not None else None
+
+    async def file_failed(self) -> None:
+        """Hand every callback that exhausted its attempts to ``back_office`` as a callback request.
+
+        A sink that raises keeps the callback for the next call (logged): nothing is lost.  Without a
+        back office, a failed callback is only logged and shown by :meth:`snapshot` (state "failed").
+        """
+        while self._to_file:
+            callback = self._to_file[0]
+            if self._back_office is None:
+                log.warning("queued callback %s failed; no back office to file it to", callback.id)
+            else:
+                try:
+                    await self._back_office.record(self._back_office_request(callback))
+                except Exception:
+                    log.exception("filing failed queued callback %s: will retry", callback.id)
+                    return
+            self._to_file.pop(0)
+
+    def _back_office_request(self, callback: QueuedCallback) -> CallbackRequest:
+        request = callback.request
+        return CallbackRequest(
+            number=request.number,
+            service=request.queue,
+            reason=request.reason or BACK_OFFICE_REASON,
+            requested_at=datetime.fromtimestamp(request.joined_at, self.schedule.tz),
+            caller_name=request.caller_name,
+            citizen_id=request.citizen_id,
+        )
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+# The dialplan context an originated callback runs once the agent answered (it dials the citizen).
+CALLBACK_CONTEXT: Final = "guichet-callback"
+ORIGINATE_ANSWERED: Final = "4"  # OriginateResponse Reason: the originated channel answered
+CALLBACK_CALLER_NAME: Final = "Rappel"  # what the agent's phone shows before the citizen's name
+_MAX_CALLER_NAME: Final = 40
+_MAX_UNCLAIMED: Final = 64
+_UNSAFE: Final = re.compile(r'[\x00-\x1f\x7f"<>\\,;|]')
+
+
+class ActionSender(Protocol):
+    """What the dispatcher needs of the AMI client (:class:`routing.ami_client.AmiClient` has it)."""
+
+    async def send_action(self, action: str, headers: Sequence[tuple[str, str]]) -> AmiResponse: ...
+
+
+def _safe(value: str, limit: int = 80) -> str:
+    """A value safe in a CallerID or a ``Variable:`` header (no quotes, separators, control chars)."""
+    return " ".join(_UNSAFE.sub(" ", value).split())[:limit]
+
+
+def originate_headers(
+    callback: QueuedCallback, interface: str, context: str, ring_s: float
+) -> list[tuple[str, str]]:
+    """The Originate of ``callback``: the agent's phone first, then ``context`` (``s``) dials the citizen."""
+    request = callback.request
+    name = _safe(f"{CALLBACK_CALLER_NAME} {request.caller_name}", _MAX_CALLER_NAME).strip()
+    variables = {
+        GUICHET_CALLBACK_ID: callback.id,
+        GUICHET_CALLBACK_NUMBER: request.number,
+        GUICHET_QUEUE: request.queue,
+        GUICHET_CITIZEN_ID: request.citizen_id or "",
+        GUICHET_CONTACT_ID: request.contact_id or "",
+        GUICHET_REASON: request.reason or "",
+    }
+    return [
+        (H_CHANNEL, interface),
+        (H_CONTEXT, context),
+        (H_EXTEN, "s"),
+        (H_PRIORITY, "1"),
+        (H_TIMEOUT, str(round(ring_s * 1000))),
+        (H_CALLERID, f'"{name}" <{request.number}>'),
+        (H_ASYNC, "true"),
+        *((H_VARIABLE, f"{key}={_safe(value)}") for key, value in variables.items() if value),
+    ]
+
+
+class CallbackDispatcher:
+    """Dials due callbacks over AMI (agent first) and follows each Originate to its outcome.
+
+    ``tick`` settles stuck dials, asks the keeper which callbacks are due and originates each one
+    on its agent's phone (``Channel: PJSIP/<agent>``, ``Timeout``: ``agent_ring_s``); the dialplan
+    of ``context`` dials the citizen once the agent answered.  Subscribe :meth:`on_originate_response`
+    to ``OriginateResponse``: Reason 4 means the agent answered (the routes then report the citizen's
+    outcome through :meth:`CallbackKeeper.record_outcome`), anything else that the agent did not.
+    Only the leader node runs it.
+    """
+
+    def __init__(
+        self,
+        keeper: CallbackKeeper,
+        ami: ActionSender,
+        live: LiveView,
+        *,
+        clock: Callable[[], float] = time.time,
+        context: str = CALLBACK_CONTEXT,
+        agent_ring_s: float = 20.0,
+    ) -> None:
+        if agent_ring_s <= 0:
+            raise ValueError("agent_ring_s must be positive")
+        self._keeper = keeper
+        self._ami = ami
+        self._live = live
+        self._clock = clock
+        self._context = context
+        self._ring_s = agent_ring_s
+        self._by_action: dict[str, str] = {}  # Originate ActionID -> callback id
+        # OriginateResponses read before send_action returned their ActionID (same read buffer)
+        self._unclaimed: OrderedDict[str, AmiMessage] = OrderedDict()
+
+    async def tick(self) -> list[Dial]:
+        """One round: settle, dial what is due; returns the dials whose Originate was accepted."""
+        keeper = self._keeper
+        keeper.expire(self._clock())
+        sent: list[Dial] = []
+        for dial in keeper.due(self._clock(), self._live):
+            keeper.start_dial(dial.callback.id, dial.interface, self._clock())
+            headers = originate_headers(dial.callback, dial.interface, self._context, self._ring_s)
+            try:
+                reply = await self._ami.send_action(ORIGINATE, headers)
+            except AmiError as exc:
+                log.warning(
+                    "Originate of callback %s on %s failed: %s", dial.callback.id, dial.interface, exc
+                )
+                keeper.cancel_dial(dial.callback.id, self._clock())
+                continue
+            sent.append(dial)
+            action_id = reply.response.action_id
+            if action_id is None:
+                continue  # followed by the dial timeout only
+            early = self._unclaimed.pop(action_id, None)
+            if early is None:
+                self._by_action[action_id] = dial.callback.id
+            else:
+                self._settle(dial.callback.id, early)
+        await keeper.file_failed()
+        return sent
+
+    def on_originate_response(self, event: AmiMessage) -> None:
+        """AMI subscriber of ``OriginateResponse`` (a plain function, as AmiClient wants)."""
+        action_id = event.action_id
+        if action_id is None:
+            return
+        callback_id = self._by_action.pop(action_id, None)
+        if callback_id is not None:
+            self._settle(callback_id, event)
+            return
+        self._unclaimed[action_id] = event
+        while len(self._unclaimed) > _MAX_UNCLAIMED:
+            self._unclaimed.popitem(last=False)
+
+    def _settle(self, callback_id: str, event: AmiMessage) -> None:
+        reason = event.get(H_REASON) or ""
+        if reason == ORIGINATE_ANSWERED:
+            self._keeper.agent_answered(callback_id, self._clock())
+        else:
+            self._keeper.note_outcome(
+                callback_id, CallbackOutcome.AGENT_NO_ANSWER, self._clock(), f"Originate Reason {reason}"
+            )
+
+    async def run(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Tick every ``interval_s`` until ``stop`` is set; a failing tick is logged, the next one runs."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("queued callback dispatch failed; retrying in %g s", interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
