@@ -1,15 +1,19 @@
-"""The ``guichet`` command: ``serve``, ``demo``, ``menus check``, ``prompts build``, ``asterisk-config``."""
+"""The ``guichet`` command: ``serve``, ``demo``, ``menus check``, ``prompts build``, ``asterisk-config``,
+``users add``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
+from desk.auth import ROLES, add_user
 from guichet import asterisk_conf
 from guichet.config import ConfigError, Settings, load_settings
 from guichet.demo import DemoOptions, run_demo
@@ -54,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf = commands.add_parser("asterisk-config", help="write asterisk_conf/ (extensions.conf, queues.conf)")
     conf.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet asterisk-config --help`")
 
+    users = commands.add_parser("users", help="web users: `guichet users add LOGIN --role ROLE`")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    add = users_commands.add_parser(
+        "add", help="add or replace a web user; the password is read from a prompt or stdin (never argv)"
+    )
+    add.add_argument("login")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("--agent", help="the agent id ([agents.<id>]) an agent user acts as")
+    add.add_argument("--config", type=Path, help="TOML configuration file: its [http] users_file and agents")
+    add.add_argument("--file", type=Path, help="the users file (default: [http] users_file)")
+
     demo = commands.add_parser("demo", help="run the engine against the simulated PBX, callers and agents")
     defaults = DemoOptions()
     demo.add_argument("--speed", type=_positive, default=defaults.speed, help="simulated time factor")
@@ -69,6 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--summary-every", type=_positive, default=defaults.summary_every_s, help="seconds")
     demo.add_argument("--agi-port", type=int, default=defaults.agi_port, help="FastAGI port (0: a free one)")
     return parser
+
+
+def read_password(stdin: TextIO) -> str:
+    """From a prompt (typed twice) on a terminal, else the first line of stdin."""
+    if stdin.isatty():
+        password = getpass.getpass("Mot de passe : ")
+        if getpass.getpass("Mot de passe (encore) : ") != password:
+            raise ValueError("the two passwords differ")
+        return password
+    return stdin.readline().rstrip("\r\n")
+
+
+def users_add(args: argparse.Namespace, stdin: TextIO) -> int:
+    settings = load_settings(args.config)
+    path = args.file or (Path(settings.http.users_file) if settings.http.users_file else None)
+    if path is None:
+        raise ConfigError(f"{settings.source}: no users file: set [http] users_file or pass --file")
+    if args.agent is not None and args.agent not in settings.agents:
+        raise ConfigError(f"{settings.source}: --agent {args.agent}: no [agents.{args.agent}]")
+    try:
+        add_user(path, args.login, args.role, args.agent, read_password(stdin))
+    except ValueError as exc:
+        print(f"guichet users add: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.login} ({args.role}) written to {path}")
+    return 0
 
 
 async def serve(settings: Settings) -> None:
@@ -104,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return prompts.main(args.args, extra_texts=[p.text for p in ENGINE_PROMPTS.values()])
         if args.command == "asterisk-config":
             return asterisk_conf.main([*unknown, *args.args])
+        if args.command == "users":
+            return users_add(args, sys.stdin)
         if args.command == "serve":
             settings = load_settings(args.config)
             settings.ami_secret()  # fail fast, before anything listens
