@@ -105,3 +105,9 @@ H_EXTEN: Final = "Exten"
 H_TIMEOUT: Final = "Timeout"  # Originate: ms the originated channel may ring
 H_CALLERID: Final = "CallerID"  # Originate: '"Name" <number>'
 H_ASYNC: Final = "Async"
+
+# --- AGI routes the dialplan calls after Queue() and on a queued callback's legs (ivr/queue_exits.py) ---
+ROUTE_OVERFLOW: Final = "overflow"  # after the service Queue(): timeout, joinempty... -> general or callback
+ROUTE_CALLBACK_OFFER: Final = "callback-offer"  # a key pressed while queued (the queue's exit context)
+ROUTE_CALLBACK_CONFIRM: Final = "callback-confirm"  # the called citizen's leg, in Dial's U() subroutine
+ROUTE_CALLBACK_RESULT: Final = "callback-result"  # the agent's leg once Dial() returned (DIALSTATUS)

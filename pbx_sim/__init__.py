@@ -11,11 +11,12 @@ from pbx_sim.call import CallOutcome
 from pbx_sim.clock import SimClock
 from pbx_sim.dialplan import Dialplan, Step, inbound_dialplan
 from pbx_sim.pbx import CallHandle, SimConfig, SimulatedPbx
-from pbx_sim.scenario import CallerScript, Delay, KeyPress, PoissonCallers, SimAgent
+from pbx_sim.scenario import Callee, CallerScript, Delay, KeyPress, PoissonCallers, SimAgent
 
 __all__ = [
     "CallHandle",
     "CallOutcome",
+    "Callee",
     "CallerScript",
     "Delay",
     "Dialplan",

@@ -11,12 +11,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from guichet.names import AGISTATUS, QUEUE_PRIO, QUEUEPOSITION, QUEUESTATUS, QUEUEWAIT
+from guichet.names import (
+    AGISTATUS,
+    DIALSTATUS,
+    GOSUB_RESULT,
+    QUEUE_PRIO,
+    QUEUEPOSITION,
+    QUEUESTATUS,
+    QUEUEWAIT,
+)
 from pbx_sim.agi_client import AgiSession, ChannelHungUp
 from pbx_sim.app_queue import CallQueue, DeviceStatus, QueueCaller, QueueError, QueueMember
 from pbx_sim.channels import Channel, ChannelState, escape_c
 from pbx_sim.dialplan import evaluate_gotoif, label_index, substitute
-from pbx_sim.scenario import CallerScript, KeyPress, SimAgent
+from pbx_sim.scenario import Callee, CallerScript, KeyPress, SimAgent
 
 if TYPE_CHECKING:
     from pbx_sim.pbx import SimulatedPbx
@@ -24,9 +32,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FUNCTION = re.compile(r"^([A-Z_]+)\((.*)\)$")
+_MASTER_CHANNEL = re.compile(r"^MASTER_CHANNEL\((.+)\)$")
+_GOSUB_OPTION = re.compile(r"U\(([^()]*)\)")
 DTMF_DURATION_MS = 280  # RFC 2833 digits of the recordings (SIPp's dtmf_2833 pcaps)
-DIAL_ANSWER_S = 3.0  # Dial(): the external number answers after ringing this long
-DIAL_TALK_S = 20.0  # ... and hangs up after this long, unless the caller hangs up first
+# Dial() to a number no test scripted: it answers after ringing 3 s and hangs up after 20 s.
+DEFAULT_CALLEE = Callee()
+# Dial()'s DialEnd status and the callee channel's Hangup cause for the callees that never answer.
+_DIAL_FAILURES = {
+    "busy": ("BUSY", "17", "User busy"),
+    "congestion": ("CONGESTION", "34", "Circuit/channel congestion"),
+    "chanunavail": ("CHANUNAVAIL", "20", "Subscriber absent"),
+}
 
 
 @dataclass
@@ -40,15 +56,28 @@ class CallOutcome:
     abandoned: bool = False
     queuestatus: str | None = None
     agistatus: str | None = None
-    transferred_to: str | None = None  # the number Dial() reached (an emergency transfer)
+    transferred_to: str | None = None  # the number Dial() reached (an emergency transfer, a callback)
+    dialstatus: str | None = None  # DIALSTATUS of the last Dial()
+    gosub_result: str | None = None  # GOSUB_RESULT the callee's U() subroutine left ("" when unset)
     path: list[str] = field(default_factory=list)  # "context,exten,priority:App" of every step run
 
 
 class Call:
     """The caller side of a call: dialplan interpreter, keypad, AGI, Queue()."""
 
-    def __init__(self, pbx: SimulatedPbx, script: CallerScript, channel: Channel, thread_id: int) -> None:
+    def __init__(
+        self,
+        pbx: SimulatedPbx,
+        script: CallerScript,
+        channel: Channel,
+        thread_id: int,
+        *,
+        device_end: str | None = "UNAVAILABLE",
+    ) -> None:
+        """``device_end``: the state of ``PJSIP/<script.endpoint>`` once the call is over (an
+        unregistered caller's phone; a registered agent's is NOT_INUSE; None: no device)."""
         self.pbx = pbx
+        self.device_end = device_end
         self.script = script
         self.channel = channel
         self.thread_id = thread_id
@@ -74,6 +103,11 @@ class Call:
     def set_var(self, name: str, value: str) -> None:
         if name == "CHANNEL(language)":
             self.channel.language = value
+            return
+        master = _MASTER_CHANNEL.match(name)
+        if master is not None:  # the channel whose uniqueid is our linkedid; ourselves when gone
+            target = self.pbx.call_by_uniqueid(self.channel.linkedid) or self
+            target.set_var(master.group(1), value)
             return
         self.channel.variables[name] = value
         self.emit("VarSet", "dialplan,all", ("Variable", name), ("Value", escape_c(value)))
@@ -127,6 +161,7 @@ class Call:
             "CHANNEL(name)": chan.name,
             "CHANNEL(language)": chan.language,
             "CHANNEL(uniqueid)": chan.uniqueid,
+            "EPOCH": str(int(self.pbx.clock.now())),
         }
         if expr in builtins:
             return builtins[expr]
@@ -223,17 +258,33 @@ class Call:
         if self.script.hangup_after_s is not None:
             timer = self.pbx.clock.call_later(self.script.hangup_after_s, self.request_hangup)
         try:
-            await self._run_dialplan()
+            await self._run_dialplan(chan.context, chan.exten, 0)
         finally:
             if timer is not None:
                 timer.cancel()
             self._finish()
         return self.outcome
 
-    async def _run_dialplan(self) -> None:
+    async def run_at(self, context: str, exten: str, priority: int) -> CallOutcome:
+        """Run the dialplan of an already announced channel from ``context,exten,priority``
+        (an Originate once answered) until it ends."""
+        try:
+            await self._run_dialplan(context, exten, priority - 1)
+        finally:
+            self._finish()
+        return self.outcome
+
+    async def gosub(self, context: str, exten: str, priority: int, args: list[str]) -> None:
+        """Run a subroutine on this channel (Dial's U() on the called party) until Return() or its end;
+        ``args`` arrive as ARG1..ARGn."""
+        for number, arg in enumerate(args, 1):
+            self.set_var(f"ARG{number}", arg)
+        await self._run_dialplan(context, exten, priority - 1)
+
+    async def _run_dialplan(self, context: str, exten: str, index: int) -> None:
         chan = self.channel
-        steps = self.pbx.dialplan.find(chan.context, chan.exten)
-        index = 0
+        chan.context, chan.exten = context, exten
+        steps = self.pbx.dialplan.find(context, exten)
         while steps is not None and index < len(steps) and not self.hung_up:
             step = steps[index]
             chan.priority = index + 1
@@ -249,6 +300,8 @@ class Call:
             if step.app == "Hangup":
                 self._normal_clearing = True
                 self.request_hangup(soft=True)
+                return
+            if step.app == "Return":
                 return
             if step.app == "GotoIf":
                 target = evaluate_gotoif(data)
@@ -310,57 +363,114 @@ class Call:
             cause = ("0", "Unknown")
         self.hangup_event.set()
         self.emit("Hangup", "call,all", ("Cause", cause[0]), ("Cause-txt", cause[1]))
-        self.pbx.device_changed(f"PJSIP/{self.script.endpoint}", "UNAVAILABLE")
+        if self.device_end is not None:
+            self.pbx.device_changed(f"PJSIP/{self.script.endpoint}", self.device_end)
         self.pbx.call_ended(self)
 
     # --- Dial() -------------------------------------------------------------------------
     async def _dial(self, data: str) -> None:
-        """Dial(PJSIP/<number>@<endpoint>,<ring s>): the callee answers after :data:`DIAL_ANSWER_S`
-        and talks :data:`DIAL_TALK_S`; DialBegin / DialState / DialEnd as recorded."""
-        target, _, timeout = data.partition(",")
+        """Dial(PJSIP/<number>@<endpoint>[,<ring s>[,U(context^exten^priority[^arg...])]]).
+
+        The callee behaves as the PBX's :class:`~pbx_sim.scenario.Callee` for ``number`` says.  Once it
+        answered, the U() subroutine runs on its channel: GOSUB_RESULT ``ABORT`` hangs up both legs,
+        ``CONTINUE`` hangs up the callee and the caller goes on (DIALSTATUS=ANSWER), ``BUSY`` /
+        ``CONGESTION`` end the dial with that status; otherwise the two are bridged.  Events as recorded:
+        DIALSTATUS / ANSWEREDTIME / DIALEDTIME emptied, DialBegin, DialState RINGING, DialEnd.
+        """
+        target, _, rest = data.partition(",")
+        timeout, _, options = rest.partition(",")
         dial_string = target.partition("/")[2]
         number, _, endpoint = dial_string.partition("@")
         pbx = self.pbx
-        # The PBX's channel factory keeps Asterisk's counters (pbx.py has no outbound-channel helper yet).
-        dest = pbx._factory.pjsip(endpoint or number, "from-trunk", number, self.channel.linkedid)
-        dest.caller_num = self.channel.caller_num
-        dest.connected_num, dest.connected_name = self.channel.caller_num, self.channel.caller_name
+        callee = pbx.config.callees.get(number, DEFAULT_CALLEE)
+        for var in (DIALSTATUS, "ANSWEREDTIME", "DIALEDTIME"):
+            self.set_var(var, "")
+        dest = pbx.new_outbound_channel(endpoint or number, number, self.channel)
         pbx.emit(dest.event("Newchannel", "call,all"))
         self.emit("DialBegin", "call,all", ("DialString", dial_string), dest=dest)
+        started = pbx.clock.now()
+        if callee.result in _DIAL_FAILURES:
+            status, cause, cause_txt = _DIAL_FAILURES[callee.result]
+            self._dial_over(dest, status, started, (cause, cause_txt))
+            return
         dest.state = ChannelState.RINGING
         pbx.emit(dest.event("Newstate", "call,all"))
         self.emit("DialState", "call,all", ("DialStatus", "RINGING"), dest=dest)
         ring_s = float(timeout) if timeout else math.inf
-        answers = ring_s > DIAL_ANSWER_S
-        if not await self.sleep(min(DIAL_ANSWER_S, ring_s)):
-            status = "CANCEL"
-        elif not answers:
-            status = "NOANSWER"
-        else:
-            status = "ANSWER"
-        if status != "ANSWER":
-            self.emit("DialEnd", "call,all", ("DialStatus", status), dest=dest)
-            pbx.emit(dest.event("Hangup", "call,all", ("Cause", "0"), ("Cause-txt", "Unknown")))
-            self.set_var("DIALSTATUS", status)
+        answers = callee.result == "answer" and callee.answer_after_s < ring_s
+        if not await self.sleep(callee.answer_after_s if answers else ring_s):
+            self._dial_over(dest, "CANCEL", started)
+            return
+        if not answers:
+            self._dial_over(dest, "NOANSWER", started)
             return
         dest.state = ChannelState.UP
         pbx.emit(dest.event("Newstate", "call,all"))
+        self.set_var(DIALSTATUS, "ANSWER")
         self.emit("DialEnd", "call,all", ("DialStatus", "ANSWER"), dest=dest)
         self.outcome.transferred_to = number
+        answered = pbx.clock.now()
+        leg = Call(pbx, callee_script(callee, dest, number), dest, self.thread_id, device_end=None)
+        gosub = _GOSUB_OPTION.search(options)
+        result = await self._predial_gosub(leg, gosub.group(1)) if gosub is not None else ""
+        if result == "" and not self.hung_up and not leg.hung_up:
+            await self._bridge(dest, leg, callee.talk_s)
+        elif result == "ABORT":
+            self.request_hangup(soft=True)
+        ended = pbx.clock.now()
+        status = result if result in ("BUSY", "CONGESTION") else "ANSWER"
+        self.set_var("ANSWEREDTIME", str(int(ended - answered)))
+        self.set_var("DIALEDTIME", str(int(ended - started)))
+        self.set_var(DIALSTATUS, status)
+        self.outcome.dialstatus = status
+        pbx.emit(dest.event("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing")))
+        dest.hung_up = True
+
+    def _dial_over(
+        self, dest: Channel, status: str, started: float, cause: tuple[str, str] = ("0", "Unknown")
+    ) -> None:
+        """A dial that never connected: DialEnd, the callee's Hangup, DIALSTATUS and DIALEDTIME."""
+        self.emit("DialEnd", "call,all", ("DialStatus", status), dest=dest)
+        self.pbx.emit(dest.event("Hangup", "call,all", ("Cause", cause[0]), ("Cause-txt", cause[1])))
+        dest.hung_up = True
+        self.set_var("DIALEDTIME", str(int(self.pbx.clock.now() - started)))
+        self.set_var(DIALSTATUS, status)
+        self.outcome.dialstatus = status
+
+    async def _predial_gosub(self, leg: Call, spec: str) -> str:
+        """Dial's U(context^exten^priority[^args]) on the answered callee; its GOSUB_RESULT (upper case)."""
+        parts = spec.split("^")
+        if len(parts) < 3:
+            raise ValueError(f"Dial U() option needs context^exten^priority here, got {spec!r}")
+        context, exten, priority, *args = parts
+        routine = asyncio.ensure_future(leg.gosub(context, exten, int(priority), args))
+        caller_gone = asyncio.ensure_future(self.hangup_event.wait())
+        await asyncio.wait([routine, caller_gone], return_when=asyncio.FIRST_COMPLETED)
+        if not routine.done():  # the caller hung up: Asterisk hangs the callee up too
+            leg.request_hangup()
+        await routine
+        caller_gone.cancel()
+        result = leg.channel.variables.get(GOSUB_RESULT, "").upper()
+        self.outcome.gosub_result = result
+        return result
+
+    async def _bridge(self, dest: Channel, leg: Call, talk_s: float) -> None:
+        """Bridge the caller with the callee until one hangs up (the callee after ``talk_s``)."""
+        pbx = self.pbx
         bridge = pbx.new_bridge_id()
         pbx.emit_bridge("BridgeCreate", bridge, 0)
         pbx.emit_bridge("BridgeEnter", bridge, 1, dest)
         pbx.emit_bridge("BridgeEnter", bridge, 2, self.channel)
         self.in_bridge = True
-        callee_hangs_up = await self.sleep(DIAL_TALK_S)
+        leg.in_bridge = True
+        callee_hangs_up = await self.sleep(talk_s)
         if callee_hangs_up:
             pbx.emit(dest.event("HangupRequest", "call,all"))
         pbx.emit_bridge("BridgeLeave", bridge, 1, self.channel)
         pbx.emit_bridge("BridgeLeave", bridge, 0, dest)
         pbx.emit_bridge("BridgeDestroy", bridge, 0)
         self.in_bridge = False
-        pbx.emit(dest.event("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing")))
-        self.set_var("DIALSTATUS", "ANSWER")
+        leg.in_bridge = False
 
     # --- Queue() ------------------------------------------------------------------------
     def assign(self, member: QueueMember) -> None:
@@ -684,3 +794,15 @@ DEVICE_STATES = {
     "RINGING": DeviceStatus.RINGING,
     "UNAVAILABLE": DeviceStatus.UNAVAILABLE,
 }
+
+
+def callee_script(callee: Callee, dest: Channel, number: str) -> CallerScript:
+    """The called party as a scripted channel: the keys it presses once answered."""
+    return CallerScript(
+        number=dest.caller_num,
+        name=dest.caller_name,
+        dnid=number,
+        keys=tuple(callee.keys),
+        endpoint=dest.device.partition("/")[2],
+        context=dest.context,
+    )

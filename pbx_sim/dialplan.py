@@ -1,14 +1,16 @@
-"""The inbound call flow as data, mirroring the priorities of extensions.conf.
+"""The call flows as data, mirroring the priorities of extensions.conf.
 
 A :class:`Dialplan` maps contexts to extensions to a tuple of :class:`Step`
 (priority = index + 1).  ``Application`` and ``AppData`` are kept as the text
 extensions.conf would hold, so a later check can compare them line by line
 with ``asterisk_conf/extensions.conf``.  The simulated PBX interprets the few
-applications used here: Answer, NoOp, Set, AGI, GotoIf, Playback, Queue, Dial, Hangup.
+applications used here: Answer, NoOp, Set, AGI, GotoIf, Playback, Queue, Dial
+(with its U() subroutine), Return, Hangup.
 
 The flow of :func:`inbound_dialplan` (fail-safe: losing the engine never loses
-the call)::
+the call; an AGI that fails leaves its variables unset and the next step runs)::
 
+    [from-citizens]
     Answer()
     Set(CHANNEL(language)=fr)
     AGI(agi://host:port/ivr)
@@ -18,12 +20,37 @@ the call)::
     Hangup()
     handoff: GotoIf($["${GUICHET_TRANSFER}" != ""]?transfer)
     queue: Set(QUEUE_PRIO=${GUICHET_PRIO})
+    Set(GUICHET_QUEUED_AT=${EPOCH})        ; the place a queued callback keeps
     Queue(${GUICHET_QUEUE},,,,<max wait>)
-    [AGI(agi://host:port/overflow,${QUEUESTATUS},${QUEUEPOSITION},${QUEUEWAIT},${GUICHET_QUEUE})]
-    Queue(<fallback queue>,,,,<max wait>)  ; the service queue timed out: the general front office
-    Hangup()
+    AGI(agi://host:port/overflow,${QUEUESTATUS},${QUEUEPOSITION},${QUEUEWAIT},${GUICHET_QUEUE})
+    general: Queue(<fallback queue>,,,,<max wait>)  ; timeout, joinempty... (or a declined callback)
+    Hangup()                               ; the overflow route hung up itself after a callback request
     transfer: Dial(PJSIP/${GUICHET_TRANSFER}@<trunk>,<ring time>)   ; emergencies (119)
     Hangup()
+
+    [queue-exit]                           ; a key pressed while queued (queues.conf context=)
+    _X => AGI(agi://host:port/callback-offer)   ; accepted: the route hangs up
+    GotoIf($["${GUICHET_QUEUE}" = ""]?general)
+    Queue(${GUICHET_QUEUE},,,,<max wait>)  ; back in the queue (QUEUE_PRIO and GUICHET_QUEUED_AT kept)
+    AGI(agi://host:port/overflow,...)
+    general: Queue(<fallback queue>,,,,<max wait>)
+    Hangup()
+
+    [callback-dial]                        ; Originate enters here once the AGENT answered
+    s => Dial(PJSIP/${GUICHET_CALLBACK_NUMBER}@<trunk>,<ring>,U(callback-confirm^s^1^${GUICHET_CALLBACK_ID}))
+    AGI(agi://host:port/callback-result,${DIALSTATUS},${GUICHET_CALLBACK_ID},${GUICHET_CALLBACK_CONFIRMED})
+    Hangup()
+
+    [callback-confirm]                     ; Dial's U() subroutine, on the citizen's answered leg
+    s => AGI(agi://host:port/callback-confirm,${ARG1})   ; GOSUB_RESULT=CONTINUE when nobody confirmed
+    Set(MASTER_CHANNEL(GUICHET_CALLBACK_CONFIRMED)=${GUICHET_CALLBACK_CONFIRMED})  ; the agent's leg
+    Return()
+
+Dial's U() option runs the subroutine on the called channel once it answered and before the bridge;
+GOSUB_RESULT ABORT hangs up both legs, CONTINUE hangs up the callee and the caller goes on with
+DIALSTATUS=ANSWER, unset bridges them.  MASTER_CHANNEL() is the channel named by the linkedid: the
+originated agent leg.  An engine down on the callback legs leaves the citizen bridged to the agent
+unconfirmed, never dropped.
 """
 
 from __future__ import annotations
@@ -34,15 +61,32 @@ from dataclasses import dataclass, field
 
 from guichet.names import (
     APOLOGY_SOUND,
+    DIALSTATUS,
+    GUICHET_CALLBACK_CONFIRMED,
+    GUICHET_CALLBACK_ID,
+    GUICHET_CALLBACK_NUMBER,
     GUICHET_IVR_DONE,
     GUICHET_PRIO,
     GUICHET_QUEUE,
+    GUICHET_QUEUED_AT,
     GUICHET_TRANSFER,
     QUEUE_PRIO,
+    QUEUEPOSITION,
+    QUEUESTATUS,
+    QUEUEWAIT,
+    ROUTE_CALLBACK_CONFIRM,
+    ROUTE_CALLBACK_OFFER,
+    ROUTE_CALLBACK_RESULT,
+    ROUTE_OVERFLOW,
 )
 
 INBOUND_CONTEXT = "from-citizens"
 QUEUE_EXIT_CONTEXT = "queue-exit"
+# A queued callback: Originate(Channel=<agent>, Context=CALLBACK_DIAL_CONTEXT, Exten=CALLBACK_EXTEN,
+# Priority=1, Variable=GUICHET_CALLBACK_NUMBER=<E.164>, Variable=GUICHET_CALLBACK_ID=<id>).
+CALLBACK_DIAL_CONTEXT = "callback-dial"
+CALLBACK_CONFIRM_CONTEXT = "callback-confirm"  # Dial's U() subroutine on the citizen's leg
+CALLBACK_EXTEN = "s"
 
 
 @dataclass(frozen=True)
@@ -122,32 +166,27 @@ def inbound_dialplan(
     fallback_queue: str = "accueil",
     max_wait_s: int = 600,
     apology: str = APOLOGY_SOUND,
-    overflow: bool = False,
-    exit_route: str = "callback-offer",
+    overflow: bool = True,
+    exit_route: str = ROUTE_CALLBACK_OFFER,
     trunk: str = "trunk",
     transfer_ring_s: int = 60,
+    callback_ring_s: int = 30,
     requeue: bool = True,
 ) -> Dialplan:
-    """The inbound flow (see the module docstring); ``agi_url`` is ``agi://host:port``.
+    """The call flows (see the module docstring); ``agi_url`` is ``agi://host:port``.
 
-    ``requeue=False`` leaves out the fallback queue after the service queue (to replay recordings made
-    with a dialplan that hung up there).
+    ``overflow=False`` leaves out the overflow AGI after the service queue, ``requeue=False`` the
+    fallback queue after it (both to replay recordings made with a dialplan that hung up there).
     """
-    queue_steps: list[Step] = [
-        Step("Set", f"{QUEUE_PRIO}=${{{GUICHET_PRIO}}}", label="queue"),
-        Step("Queue", f"${{{GUICHET_QUEUE}}},,,,{max_wait_s}"),
-    ]
+    general = Step("Queue", f"{fallback_queue},,,,{max_wait_s}", label="general")
+    queued: list[Step] = [Step("Queue", f"${{{GUICHET_QUEUE}}},,,,{max_wait_s}")]
     if overflow:
-        queue_steps.append(
-            Step(
-                "AGI",
-                f"{agi_url}/overflow,${{QUEUESTATUS}},${{QUEUEPOSITION}},${{QUEUEWAIT}},${{{GUICHET_QUEUE}}}",
-            )
-        )
+        status = f"${{{QUEUESTATUS}}},${{{QUEUEPOSITION}}},${{{QUEUEWAIT}}},${{{GUICHET_QUEUE}}}"
+        queued.append(Step("AGI", f"{agi_url}/{ROUTE_OVERFLOW},{status}"))
     if requeue:
         # Queue() only returns while the caller is still there (timeout, joinempty...): never hang up on
         # them, the general front office takes the call.
-        queue_steps.append(Step("Queue", f"{fallback_queue},,,,{max_wait_s}"))
+        queued.append(general)
     handed_back = f"${{{GUICHET_QUEUE}}}${{{GUICHET_TRANSFER}}}"  # a queue or a number to dial
     inbound = (
         Step("Answer"),
@@ -158,10 +197,40 @@ def inbound_dialplan(
         Step("Queue", f"{fallback_queue},,,,{max_wait_s}"),
         Step("Hangup"),
         Step("GotoIf", f'$["${{{GUICHET_TRANSFER}}}" != ""]?transfer', label="handoff"),
-        *queue_steps,
+        Step("Set", f"{QUEUE_PRIO}=${{{GUICHET_PRIO}}}", label="queue"),
+        Step("Set", f"{GUICHET_QUEUED_AT}=${{EPOCH}}"),
+        *queued,
         Step("Hangup"),
         Step("Dial", f"PJSIP/${{{GUICHET_TRANSFER}}}@{trunk},{transfer_ring_s}", label="transfer"),
         Step("Hangup"),
     )
-    exit_steps = (Step("AGI", f"{agi_url}/{exit_route}"), Step("Hangup"))
-    return Dialplan({INBOUND_CONTEXT: {"_X.": inbound}, QUEUE_EXIT_CONTEXT: {"_X": exit_steps}})
+    back_in_queue = (
+        Step("AGI", f"{agi_url}/{exit_route}"),
+        Step("GotoIf", f'$["${{{GUICHET_QUEUE}}}" = ""]?general'),
+        *queued,
+        *(() if requeue else (general,)),
+        Step("Hangup"),
+    )
+    confirm = f"{CALLBACK_CONFIRM_CONTEXT}^{CALLBACK_EXTEN}^1^${{{GUICHET_CALLBACK_ID}}}"
+    outcome = f"${{{DIALSTATUS}}},${{{GUICHET_CALLBACK_ID}}},${{{GUICHET_CALLBACK_CONFIRMED}}}"
+    callback_dial = (
+        Step("Dial", f"PJSIP/${{{GUICHET_CALLBACK_NUMBER}}}@{trunk},{callback_ring_s},U({confirm})"),
+        Step("AGI", f"{agi_url}/{ROUTE_CALLBACK_RESULT},{outcome}"),
+        Step("Hangup"),
+    )
+    callback_confirm = (
+        Step("AGI", f"{agi_url}/{ROUTE_CALLBACK_CONFIRM},${{ARG1}}"),
+        Step(
+            "Set",
+            f"MASTER_CHANNEL({GUICHET_CALLBACK_CONFIRMED})=${{{GUICHET_CALLBACK_CONFIRMED}}}",
+        ),
+        Step("Return"),
+    )
+    return Dialplan(
+        {
+            INBOUND_CONTEXT: {"_X.": inbound},
+            QUEUE_EXIT_CONTEXT: {"_X": back_in_queue},
+            CALLBACK_DIAL_CONTEXT: {CALLBACK_EXTEN: callback_dial},
+            CALLBACK_CONFIRM_CONTEXT: {CALLBACK_EXTEN: callback_confirm},
+        }
+    )

@@ -16,7 +16,7 @@ from pbx_sim.call import DEVICE_STATES, Call, CallOutcome
 from pbx_sim.channels import AmiEvent, Channel, ChannelFactory, ChannelState
 from pbx_sim.clock import SimClock
 from pbx_sim.dialplan import Dialplan, inbound_dialplan
-from pbx_sim.scenario import CallerScript, Delay, SimAgent, as_delay
+from pbx_sim.scenario import Callee, CallerScript, Delay, SimAgent, as_delay
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class SimConfig:
     originate_outcomes: Mapping[str, str] = field(
         default_factory=dict
     )  # "Tech/data" -> answer|noanswer|busy|nosuch
-    callback_talk_time: float | Delay = 30.0
+    callback_talk_time: float | Delay = 30.0  # an originated call whose Context/Exten is not in the dialplan
+    # Dial(): the dialled number -> who answers (numbers not listed: Callee(), answering after 3 s)
+    callees: Mapping[str, Callee] = field(default_factory=dict)
     epoch: float | None = None
     agi_thread_id: int = 140342399125184  # agi_threadid of every FastAGI session (as recorded)
 
@@ -219,6 +221,13 @@ class SimulatedPbx:
         chan.connected_num, chan.connected_name = caller.caller_num, caller.caller_name
         return chan
 
+    def new_outbound_channel(self, endpoint: str, number: str, caller: Channel) -> Channel:
+        """The called party's channel of a Dial() to ``number`` through ``endpoint``."""
+        dest = self._factory.pjsip(endpoint, "from-trunk", number, caller.linkedid)
+        dest.caller_num = caller.caller_num
+        dest.connected_num, dest.connected_name = caller.caller_num, caller.caller_name
+        return dest
+
     def member_call_done(self, member: QueueMember) -> None:
         self.device_changed(member.state_interface, "NOT_INUSE")
         if member.wrapuptime:
@@ -270,6 +279,10 @@ class SimulatedPbx:
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.channel.name, None)
+
+    def call_by_uniqueid(self, uniqueid: str) -> Call | None:
+        """The live call whose channel has ``uniqueid`` (MASTER_CHANNEL's master)."""
+        return next((c for c in self.calls.values() if c.channel.uniqueid == uniqueid), None)
 
     # --- AMI actions (queues) -----------------------------------------------------------
     def queue_add(self, queue: str, interface: str, **kwargs: Any) -> None:
@@ -325,11 +338,17 @@ class SimulatedPbx:
     ) -> bool:
         """Place the call; True when answered.  ``report``: emit OriginateResponse (Async only:
         a synchronous Originate's reply is its only outcome, as recorded); ``on_result`` is
-        called as soon as the outcome is known (before the answered call's talk time)."""
+        called as soon as the outcome is known (before the answered call's talk time).
+
+        Once answered, the channel runs ``Context,Exten,Priority`` of the dialplan when that
+        extension exists (as Asterisk does: e.g. the callback context dialling the citizen, its
+        Variable headers set); otherwise it talks ``callback_talk_time`` and hangs up.  An agent's
+        phone (a :class:`SimAgent` interface) rings, is in use during the call, then free again."""
         target = headers.get("Channel", "")
         tech, _, resource = target.partition("/")
         context = headers.get("Context", "")
         exten = headers.get("Exten", "")
+        priority = int(headers.get("Priority") or "1")
         timeout = float(headers.get("Timeout", "30000")) / 1000
         cid_name, cid_num = _split_callerid(headers.get("CallerID", ""))
         outcome = self.config.originate_outcomes.get(target, "answer")
@@ -345,6 +364,8 @@ class SimulatedPbx:
             created = [chan]
         for c in created:
             self.emit(c.event("Newchannel", "call,all"))
+        if agent is not None:
+            self.device_changed(agent.interface, "RINGING")
         for c in created if outcome != "nosuch" else ():
             if cid_num or cid_name:
                 c.caller_num, c.caller_name = cid_num, cid_name
@@ -387,13 +408,24 @@ class SimulatedPbx:
             for c in created:
                 c.state = ChannelState.UP
                 self.emit(c.event("Newstate", "call,all"))
+            if agent is not None:
+                self.device_changed(agent.interface, "INUSE")
         if report:
             self.emit(AmiEvent("OriginateResponse", "call,all", tuple(response)))
         if on_result is not None:
             on_result(success)
-        if success:
+        if success and self.dialplan.has_exten(context, exten):
+            script = CallerScript(
+                number=cid_num, name=cid_name, dnid=exten, endpoint=resource, context=context
+            )
+            call = Call(self, script, chan, self.config.agi_thread_id, device_end=None)
+            self.calls[chan.name] = call
+            await call.run_at(context, exten, priority)
+        elif success:
             await self.clock.sleep(self.sample(self.config.callback_talk_time))
         for c in reversed(created):
+            if c.hung_up:
+                continue
             cause = (
                 ("16", "Normal Clearing")
                 if success
@@ -402,6 +434,10 @@ class SimulatedPbx:
                 else ("0", "Unknown")
             )
             self.emit(c.event("Hangup", "call,all", ("Cause", cause[0]), ("Cause-txt", cause[1])))
+            c.hung_up = True
+        if agent is not None:
+            self.device_changed(agent.interface, "NOT_INUSE")
+            self.dispatch()
         return success
 
     # --- view -------------------------------------------------------------------------------

@@ -83,6 +83,31 @@ class CallerScript:
         return [k if isinstance(k, KeyPress) else KeyPress(float(k[0]), k[1]) for k in self.keys]
 
 
+DIAL_RESULTS = ("answer", "noanswer", "busy", "congestion", "chanunavail")
+
+
+@dataclass(frozen=True)
+class Callee:
+    """Who is at the other end when the dialplan Dial()s a number (a citizen called back, 119...).
+
+    ``result``: ``answer`` (after ``answer_after_s``; a ring time shorter than that is NOANSWER),
+    ``noanswer`` (rings until Dial's timeout), ``busy``, ``congestion`` or ``chanunavail``.  Once
+    answered, the callee presses ``keys`` while the channel listens (e.g. in Dial's U() subroutine:
+    no key is voicemail or nobody) and hangs up after ``talk_s`` in the bridge.
+    """
+
+    result: str = "answer"
+    answer_after_s: float = 3.0
+    talk_s: float = 20.0
+    keys: Sequence[KeyPress | tuple[float, str]] = ()
+
+    def __post_init__(self) -> None:
+        if self.result not in DIAL_RESULTS:
+            raise ValueError(f"callee result {self.result!r} not in {', '.join(DIAL_RESULTS)}")
+        if self.answer_after_s < 0 or self.talk_s < 0:
+            raise ValueError("callee delays must be >= 0")
+
+
 @dataclass(frozen=True)
 class SimAgent:
     """A softphone agent: registered device, optional static queues, answer and talk behaviour.

@@ -10,14 +10,17 @@ import pytest
 from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE
 from pbx_sim import (
     CallerScript,
+    Dialplan,
     KeyPress,
     MemberConfig,
     QueueConfig,
     SimAgent,
     SimConfig,
     SimulatedPbx,
+    Step,
     inbound_dialplan,
 )
+from pbx_sim.dialplan import QUEUE_EXIT_CONTEXT
 from routing.ami import AmiMessage, AmiParser
 from tests.sim_fixtures import AgiResponder, AmiReader
 
@@ -228,6 +231,9 @@ async def test_exit_with_digit_matches_recording(captures_dir: Path) -> None:
         )
     ]
     pbx = await make_pbx(agi, queues, max_wait_s=30)
+    # The recorded [queue-exit] hangs up after the callback-offer AGI (ours queues the caller again).
+    recorded_exit = (Step("AGI", f"agi://127.0.0.1:{agi.port}/callback-offer"), Step("Hangup"))
+    pbx.dialplan = Dialplan({**pbx.dialplan.contexts, QUEUE_EXIT_CONTEXT: {"1": recorded_exit}})
     try:
         ami = await AmiReader.connect(pbx.ami_port)
         handle = pbx.place_call(CallerScript("5551234", "SIPp Caller", dnid="500", keys=[KeyPress(2.5, "1")]))
