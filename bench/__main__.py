@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import ami, fastagi, report
+from bench import ami, fastagi, report, routing
 from bench.client import CLIENT_CPUS, SERVER_CPUS, pin_client
 from bench.flow import load_env_block
 from tests.conftest import captures_path
@@ -25,7 +25,9 @@ DOC_INTRO = """# Benchmarks
 
 `make bench` (= `.venv/bin/python -m bench`) measures, in one run on 127.0.0.1, the FastAGI servers
 running the same 10-command IVR flow (ours, panoramisk, process-per-call pyst2, a bare asyncio
-Protocol as the limit) and the AMI parsers on the recorded Asterisk 22 streams.  Options:
+Protocol as the limit), the AMI parsers on the recorded Asterisk 22 streams, the live model's updates
+per second and the delay from an AgentConnect on the AMI socket to a subscriber of the live state
+(in memory and through a real redis-server started for the run).  Options:
 `--quick`, `--sessions N`, `--no-write`; see `python -m bench --help`.  `python -m bench.profile
 [ours|panoramisk|limit] [asyncio|uvloop]` shows where a server spends its CPU (cProfile).  This file
 is rewritten by every full run.  The targets are printed as PASS/MISS, never asserted.
@@ -91,6 +93,8 @@ async def measure(args: argparse.Namespace) -> str:
     rows = await fastagi.run(load_env_block(captures), REPO, settings)
     corpus = ami.load_corpus(captures)
     ami_results = ami.measure(corpus, replays, ami_reps)
+    updates = routing.measure_updates(captures, replays, ami_reps)
+    delays = await routing.measure_delays(100 if args.quick else 1000)
     reps = settings.repetitions
     settings_text = (
         f"run: {settings.sessions} sessions x {reps} repetitions at {settings.concurrency} at a time, "
@@ -99,7 +103,8 @@ async def measure(args: argparse.Namespace) -> str:
         f"AMI corpus {len(corpus):,} bytes x {replays}; load client on CPU {sorted(CLIENT_CPUS)}, "
         f"servers on CPU {sorted(SERVER_CPUS)}; took {time.monotonic() - started:.0f} s"
     )
-    return report.render(machine, settings_text, rows, ami_results)
+    text = report.render(machine, settings_text, rows, ami_results)
+    return text + "\n" + report.routing_text(updates, delays)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.ami import BARE, OURS_FULL, AmiResult
 from bench.fastagi import PYST2, Row
+from bench.routing import DelayResult, UpdateResult
 
 LIMIT_RATIO_TARGET = 1.25  # ours' CPU per session at most 1.25x the bare limit's, same loop
 PROCESS_ADVANTAGE_TARGET = 50.0  # at least 50x less CPU per call than process-per-call
@@ -145,6 +146,48 @@ def ami_table(results: list[AmiResult]) -> str:
         "target",
     ]
     return _table(header, lines)
+
+
+def updates_table(results: list[UpdateResult]) -> str:
+    limit = results[-1]
+    lines = [
+        [
+            r.name,
+            f"{r.per_second:,.0f}",
+            f"{1e6 / r.per_second:.2f}",
+            f"{r.per_second / limit.per_second:.2f}x",
+        ]
+        for r in results
+    ]
+    return _table(["live model", "events/s", "µs/event", "vs limit"], lines)
+
+
+def delays_table(results: list[DelayResult]) -> str:
+    lines = [
+        [
+            r.name,
+            str(len(r.samples)),
+            f"{r.percentile(0.5) * 1e6:,.0f}",
+            f"{r.percentile(0.99) * 1e6:,.0f}",
+        ]
+        for r in results
+    ]
+    header = ["AgentConnect written on the AMI socket -> subscriber", "samples", "p50 µs", "p99 µs"]
+    return _table(header, lines)
+
+
+def routing_text(updates: list[UpdateResult], delays: list[DelayResult]) -> str:
+    return (
+        f"Routing: every event of the recorded streams ({updates[0].events:,} events, "
+        f"{updates[0].followed:,} of the kinds the model acts on) applied to the live model "
+        "(fresh model per replay), "
+        "against rebuilding the model from a recorded QueueStatus + CoreShowChannels snapshot on every event "
+        "(what polling costs) and a bare dispatch; median of the repetitions.\n\n"
+        f"{updates_table(updates)}\n"
+        "Delay from an AgentConnect written by a loopback AMI server to the message of the engine's store "
+        "reaching a subscriber (AMI parser, live model, mirror, store, pub/sub), one at a time.\n\n"
+        f"{delays_table(delays)}"
+    )
 
 
 def render(machine_text: str, settings_text: str, rows: list[Row], ami: list[AmiResult]) -> str:

@@ -307,6 +307,11 @@ class LiveModel:
         }
 
     # --- reading ---------------------------------------------------------------------------
+    @property
+    def followed_events(self) -> frozenset[str]:
+        """The AMI events :meth:`apply` acts on (any other is ignored)."""
+        return frozenset(self._handlers)
+
     def queue_names(self) -> list[str]:
         return list(self._queues)
 
@@ -335,6 +340,13 @@ class LiveModel:
             agents=self.agents(now),
             calls=self.calls(),
         )
+
+    def queue_prio(self, channel: str) -> int | None:
+        """The ``QUEUE_PRIO`` seen on ``channel``: its priority before any QueueChangePriorityCaller
+        (which leaves the variable as it is); an empty value counts as 0 (Asterisk's default), None
+        when the variable was never seen (e.g. a caller first seen in a snapshot)."""
+        value = self._variables.get(channel, {}).get(QUEUE_PRIO)
+        return None if value is None else _int(value)
 
     def channels_without_variables(self) -> list[str]:
         """Waiting callers first seen in a snapshot: their IVR variables are unknown (use Getvar)."""

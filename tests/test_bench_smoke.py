@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench import ami
+from bench import ami, routing
 from bench.client import (
     FlowError,
     ProcessCost,
@@ -113,3 +113,20 @@ def test_whole_bench_prints_every_row(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.count("| ours (ivr.agi_server) |") == 4  # 2 loops x 2 modes
     assert out.count("| process-per-call pyst2 0.5.1 |") == 2
     assert "| ours (routing.ami.AmiParser), every header |" in out
+    assert "| ours: LiveModel.apply per event |" in out
+    assert "| Redis store: ours (another client subscribed) | 100 |" in out
+
+
+async def test_agent_connect_delays_go_through_the_whole_path() -> None:
+    """Each sample waited for the engine's message about that very call (a store that never publishes
+    would hang the bench rather than give figures)."""
+    (ours, limit, redis_ours, redis_limit) = await routing.measure_delays(5)
+    assert [len(r.samples) for r in (ours, limit, redis_ours, redis_limit)] == [5, 5, 5, 5]
+    assert all(sample > 0 for sample in ours.samples + redis_ours.samples)
+
+
+def test_live_model_replay_counts_the_recorded_events(captures_dir: Path) -> None:
+    ours, polling, limit = routing.measure_updates(captures_dir, replays=2, repetitions=1)
+    events = routing.recorded_events(captures_dir)
+    assert ours.events == polling.events == limit.events == 2 * len(events)
+    assert 0 < ours.followed < ours.events
