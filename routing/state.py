@@ -248,6 +248,19 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, uniqueid: str) -> CallInProgress | None: ...
 
+    # --- documents: durable texts by kind and id (queued callbacks, requests waiting for the leader)
+    @abc.abstractmethod
+    async def put_document(self, kind: str, ident: str, text: str) -> None:
+        """Store ``text`` (JSON, typically) as document ``ident`` of ``kind``, replacing any previous one."""
+
+    @abc.abstractmethod
+    async def remove_document(self, kind: str, ident: str) -> bool:
+        """Forget a document; False when it was not there (another node took it first)."""
+
+    @abc.abstractmethod
+    async def documents(self, kind: str) -> dict[str, str]:
+        """Every document of ``kind``, by id."""
+
     # --- the whole model
     @abc.abstractmethod
     async def snapshot(self) -> Snapshot:
@@ -395,6 +408,7 @@ class MemoryStateStore(StateStore):
         self._calls: dict[str, CallInProgress] = {}
         self._subscribers: dict[str, list[QueueSubscription]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry)
+        self._documents: dict[str, dict[str, str]] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -453,6 +467,20 @@ class MemoryStateStore(StateStore):
     async def get_call(self, uniqueid: str) -> CallInProgress | None:
         self._check_open()
         return self._calls.get(uniqueid)
+
+    async def put_document(self, kind: str, ident: str, text: str) -> None:
+        self._check_open()
+        check_name("document kind", kind)
+        check_name("document id", ident)
+        self._documents.setdefault(kind, {})[ident] = text
+
+    async def remove_document(self, kind: str, ident: str) -> bool:
+        self._check_open()
+        return self._documents.get(kind, {}).pop(ident, None) is not None
+
+    async def documents(self, kind: str) -> dict[str, str]:
+        self._check_open()
+        return dict(self._documents.get(kind, {}))
 
     async def snapshot(self) -> Snapshot:
         self._check_open()

@@ -8,6 +8,7 @@ Keys, all under ``prefix`` (so that two deployments can share one Redis):
   Redis's lexical order of equal scores is the exact serving order; ``queues``: set of non-empty queues;
   ``arrivals``: the arrival counter;
 * ``agent:<id>`` / ``agents`` and ``call:<uniqueid>`` / ``calls``: a hash per record and an index set;
+* ``doc:<kind>``: hash of documents (id -> text);
 * ``lease:<name>``: the holder of a leader lease (SET NX PX; renew and release are compare-and-set scripts);
 * pub/sub channels are named ``<prefix><channel>``.
 
@@ -241,6 +242,21 @@ class RedisStateStore(StateStore):
 
     async def get_call(self, uniqueid: str) -> CallInProgress | None:
         return await self._get(CallInProgress, self._key("call:", uniqueid))
+
+    # --- documents: one hash per kind
+    async def put_document(self, kind: str, ident: str, text: str) -> None:
+        self._check_open()
+        check_name("document kind", kind)
+        check_name("document id", ident)
+        await self._redis.hset(self._key("doc:", kind), ident, text)
+
+    async def remove_document(self, kind: str, ident: str) -> bool:
+        self._check_open()
+        return bool(await self._redis.hdel(self._key("doc:", kind), ident))
+
+    async def documents(self, kind: str) -> dict[str, str]:
+        self._check_open()
+        return cast("dict[str, str]", await self._redis.hgetall(self._key("doc:", kind)))
 
     async def snapshot(self) -> Snapshot:
         self._check_open()

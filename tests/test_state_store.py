@@ -195,6 +195,21 @@ async def test_calls_add_update_remove(store: StateStore) -> None:
     assert await store.get_call("1764345600.7") is None
 
 
+async def test_documents_by_kind_shared_between_nodes(pair: tuple[StateStore, StateStore]) -> None:
+    one, other = pair
+    await one.put_document("callbacks", "cb-1", ODD_TEXT)
+    await one.put_document("callbacks", "cb-2", "{}")
+    await one.put_document("inbox", "cb-1", "autre")
+    await one.put_document("callbacks", "cb-2", '{"v": 2}')  # replaced
+    assert await other.documents("callbacks") == {"cb-1": ODD_TEXT, "cb-2": '{"v": 2}'}
+    assert await other.remove_document("inbox", "cb-1")
+    assert not await one.remove_document("inbox", "cb-1")  # the other node took it first
+    assert await one.documents("inbox") == {}
+    assert await one.documents("never-written") == {}
+    with pytest.raises(ValueError, match="document id must not be empty"):
+        await one.put_document("callbacks", "", "x")
+
+
 async def test_snapshot_holds_everything(store: StateStore) -> None:
     await store.put_caller(caller("x", queue="pmi", priority=1))
     await store.put_caller(caller("y", queue="apa", priority=4))
