@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
@@ -53,6 +53,8 @@ class ApiContext:
     throttle: LoginThrottle
     clock: Callable[[], float]  # epoch seconds
     secure_cookies: bool
+    # scrypt costs CPU and 16 MiB a check: at most this many at once (many logins at once wait).
+    password_checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 CONTEXT: Final = web.AppKey("guichet_api", ApiContext)
@@ -176,7 +178,8 @@ async def create_session(request: web.Request) -> web.Response:
         )
     user = None
     try:
-        user = await asyncio.to_thread(ctx.users.authenticate, login, password)
+        async with ctx.password_checks:
+            user = await asyncio.to_thread(ctx.users.authenticate, login, password)
     finally:
         ctx.throttle.end(login, user is not None)
     if user is None:

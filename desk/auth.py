@@ -130,8 +130,8 @@ class User:
 class UserBook:
     """The web users, read once at start-up."""
 
-    def __init__(self, users: Mapping[str, User] = {}, *, source: str = "<none>") -> None:
-        self._users = dict(users)
+    def __init__(self, users: Mapping[str, User] | None = None, *, source: str = "<none>") -> None:
+        self._users = dict(users or {})
         self.source = source
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 

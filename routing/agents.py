@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from guichet.config import AgentSettings, Settings
 from guichet.names import H_INTERFACE, H_MEMBER_NAME, H_PAUSED, H_QUEUE, H_REASON, H_STATE_INTERFACE
-from routing.errors import AmiActionError, AmiError
+from routing.errors import AmiActionError, AmiConnectionLost, AmiError
 
 __all__ = [
     "MAX_REASON_LENGTH",
@@ -34,6 +34,7 @@ __all__ = [
     "AgentError",
     "AmiSender",
     "AsteriskUnavailable",
+    "CurrentAmi",
     "InvalidReason",
     "NotLoggedIn",
     "UnknownAgent",
@@ -87,6 +88,21 @@ class AmiSender(Protocol):
     """What the agent actions need of :class:`routing.ami_client.AmiClient`."""
 
     async def send_action(self, action: str, headers: Any = ...) -> Any: ...
+
+
+class CurrentAmi:
+    """An :class:`AmiSender` that uses the AMI client ``current()`` returns now (e.g. ``lambda:
+    engine.ami``): None, as on an engine node standing by for the AMI lease, fails the action with
+    AmiConnectionLost (so AsteriskUnavailable)."""
+
+    def __init__(self, current: Callable[[], AmiSender | None]) -> None:
+        self._current = current
+
+    async def send_action(self, action: str, headers: Any = ()) -> Any:
+        ami = self._current()
+        if ami is None:
+            raise AmiConnectionLost(f"AMI {action}: this engine node holds no AMI connection (standby)")
+        return await ami.send_action(action, headers)
 
 
 def agent_interface(agent_id: str) -> str:

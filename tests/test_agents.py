@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ from routing.agents import (
     AgentActionFailed,
     AgentActions,
     AsteriskUnavailable,
+    CurrentAmi,
     InvalidReason,
     NotLoggedIn,
     UnknownAgent,
@@ -63,10 +65,23 @@ def queue_dialplan() -> Dialplan:
 
 
 @dataclass
+class Sent:
+    """Passes actions to the real AMI client and keeps what was sent."""
+
+    ami: AmiClient
+    actions: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    async def send_action(self, action: str, headers: Any = ()) -> Any:
+        self.actions.append((action, dict(headers)))
+        return await self.ami.send_action(action, headers)
+
+
+@dataclass
 class Rig:
     pbx: SimulatedPbx
     ami: AmiClient
     actions: AgentActions
+    sent: Sent
     events: list[AmiMessage] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,7 +124,8 @@ async def open_rig(
     for agent_id in agents:
         pbx.add_agent(SimAgent(f"PJSIP/{agent_id}", answer_delay=1.0, talk_time=talk_time))
     ami = AmiClient("127.0.0.1", pbx.ami_port, "guichet", "secret")
-    rig = Rig(pbx, ami, AgentActions(ami, settings_with(agents)))
+    sent = Sent(ami)
+    rig = Rig(pbx, ami, AgentActions(sent, settings_with(agents)), sent)
     ami.subscribe("*", rig.record)
     try:
         await ami.start()
@@ -136,6 +152,11 @@ async def test_login_adds_the_agent_to_every_skill_queue_with_its_state_interfac
             assert event["Paused"] == "0"
             assert event["Membership"] == "dynamic"
         assert rig.members("pmi") == {}
+        # The StateInterface is what makes ringinuse=no and wrap-up follow the softphone.
+        assert [(a, h["Queue"], h["StateInterface"], h["Paused"]) for a, h in rig.sent.actions] == [
+            ("QueueAdd", "apa", "PJSIP/agent-101", "false"),
+            ("QueueAdd", "accueil", "PJSIP/agent-101", "false"),
+        ]
         # Idempotent: a second login (Asterisk answers "Already there") is fine and changes nothing.
         assert await rig.actions.login("agent-101") == ("apa", "accueil")
         assert rig.members("apa") == {"PJSIP/agent-101": False}
@@ -242,3 +263,14 @@ async def test_unknown_agents_not_logged_in_and_ami_down_are_clear_errors() -> N
         await rig.ami.close()
         with pytest.raises(AsteriskUnavailable, match="agent-101"):
             await rig.actions.login("agent-101")
+
+
+async def test_current_ami_follows_the_engine_client_and_fails_clearly_on_a_standby_node() -> None:
+    async with open_rig() as rig:
+        holder: list[AmiClient | None] = [None]
+        actions = AgentActions(CurrentAmi(lambda: holder[0]), settings_with(AGENTS))
+        with pytest.raises(AsteriskUnavailable, match="standby"):
+            await actions.login("agent-101")
+        holder[0] = rig.ami
+        await actions.login("agent-101")
+        assert rig.members("apa") == {"PJSIP/agent-101": False}
