@@ -16,13 +16,14 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Final, Protocol
 
 from guichet.names import (
+    EV_ORIGINATE_RESPONSE,
     GUICHET_CALLBACK_ID,
     GUICHET_CALLBACK_NUMBER,
     GUICHET_CITIZEN_ID,
@@ -226,7 +227,7 @@ class CallbackKeeper:
         self._retry_s = retry_s
         self._attempts = attempts
         self._agent_rest_s = agent_rest_s
-        self._dial_timeout_s = dial_timeout_s
+        self.dial_timeout_s = dial_timeout_s
         self._outcome_timeout_s = outcome_timeout_s
         self._clock = clock
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
@@ -406,7 +407,7 @@ class CallbackKeeper:
         for held in list(self._held.values()):
             if held.state != DIALING:
                 continue
-            if held.agent_answered_at is None and now - held.dial_started_at >= self._dial_timeout_s:
+            if held.agent_answered_at is None and now - held.dial_started_at >= self.dial_timeout_s:
                 self.note_outcome(held.id, CallbackOutcome.AGENT_NO_ANSWER, now, "no Originate outcome")
             elif (
                 held.agent_answered_at is not None and now - held.agent_answered_at >= self._outcome_timeout_s
@@ -541,8 +542,11 @@ class CallbackDispatcher:
         context: str = CALLBACK_CONTEXT,
         agent_ring_s: float = 20.0,
     ) -> None:
-        if agent_ring_s <= 0:
-            raise ValueError("agent_ring_s must be positive")
+        if not 0 < agent_ring_s < keeper.dial_timeout_s:
+            raise ValueError(
+                f"agent_ring_s {agent_ring_s:g} must be positive and below dial_timeout_s "
+                f"{keeper.dial_timeout_s:g}"
+            )
         self._keeper = keeper
         self._ami = ami
         self._live = live
@@ -557,9 +561,11 @@ class CallbackDispatcher:
         """One round: settle, dial what is due; returns the dials whose Originate was accepted."""
         keeper = self._keeper
         keeper.expire(self._clock())
-        sent: list[Dial] = []
-        for dial in keeper.due(self._clock(), self._live):
+        dials = keeper.due(self._clock(), self._live)
+        for dial in dials:  # all at once: outcomes and requests may arrive while an Originate is sent
             keeper.start_dial(dial.callback.id, dial.interface, self._clock())
+        sent: list[Dial] = []
+        for dial in dials:
             headers = originate_headers(dial.callback, dial.interface, self._context, self._ring_s)
             try:
                 reply = await self._ami.send_action(ORIGINATE, headers)
@@ -612,3 +618,34 @@ class CallbackDispatcher:
                 log.exception("queued callback dispatch failed; retrying in %g s", interval_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
+
+
+class AmiLink(ActionSender, Protocol):
+    """An AMI client that also delivers events (:class:`routing.ami_client.AmiClient`)."""
+
+    def subscribe(self, event_name: str, callback: Callable[[AmiMessage], None]) -> Callable[[], None]: ...
+
+
+def callback_duty(
+    keeper: CallbackKeeper,
+    live: LiveView,
+    *,
+    interval_s: float = 1.0,
+    clock: Callable[[], float] = time.time,
+    context: str = CALLBACK_CONTEXT,
+    agent_ring_s: float = 20.0,
+) -> Callable[[AmiLink, asyncio.Event], Awaitable[None]]:
+    """The dispatcher as an engine duty (``Engine.add_duty``): on the leader's AMI client, following
+    its OriginateResponses, ticking every ``interval_s`` until ``stop`` is set."""
+
+    async def duty(ami: AmiLink, stop: asyncio.Event) -> None:
+        dispatcher = CallbackDispatcher(
+            keeper, ami, live, clock=clock, context=context, agent_ring_s=agent_ring_s
+        )
+        unsubscribe = ami.subscribe(EV_ORIGINATE_RESPONSE, dispatcher.on_originate_response)
+        try:
+            await dispatcher.run(interval_s, stop)
+        finally:
+            unsubscribe()
+
+    return duty

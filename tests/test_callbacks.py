@@ -28,6 +28,7 @@ from ivr.agi_server import RouteTable
 from ivr.hours import MINUTES_PER_DAY, Schedule, TimeRange
 from ivr.menu_engine import CallbackRequest, InMemoryCallbackSink
 from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, SimulatedPbx, inbound_dialplan
+from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.callbacks import (
     CALLBACK_CONTEXT,
@@ -36,8 +37,10 @@ from routing.callbacks import (
     CallbackOutcome,
     QueuedCallback,
     QueuedCallbackRequest,
+    callback_duty,
     originate_headers,
 )
+from routing.errors import AmiConnectionLost
 from routing.live import AgentState, AgentView, WaitingCaller
 from tests.sim_fixtures import AgiResponder
 
@@ -507,6 +510,81 @@ def test_the_originate_rings_the_agent_first_with_safe_caller_id_and_variables()
     ]
 
 
+class ScriptedAmi:
+    """An AMI client that answers Originate at once and can deliver its OriginateResponse first
+    (the same read buffer can hold both: the subscriber then runs before send_action returns)."""
+
+    def __init__(self, reason: str | None = None, fail: bool = False) -> None:
+        self.reason = reason
+        self.fail = fail
+        self.sent: list[list[tuple[str, str]]] = []
+        self.dispatcher: CallbackDispatcher | None = None
+
+    async def send_action(self, action: str, headers: Sequence[tuple[str, str]]) -> AmiResponse:
+        if self.fail:
+            raise AmiConnectionLost("AMI Originate: not connected")
+        self.sent.append(list(headers))
+        action_id = f"a-{len(self.sent)}"
+        if self.reason is not None and self.dispatcher is not None:
+            self.dispatcher.on_originate_response(
+                AmiMessage([("Event", "OriginateResponse"), ("ActionID", action_id), ("Reason", self.reason)])
+            )
+        return AmiResponse(AmiMessage([("Response", "Success"), ("ActionID", action_id)]))
+
+
+def scripted(k: CallbackKeeper, ami: ScriptedAmi, live: FakeLive, now: float) -> CallbackDispatcher:
+    dispatcher = CallbackDispatcher(k, ami, live, clock=lambda: now)
+    ami.dispatcher = dispatcher
+    return dispatcher
+
+
+@pytest.mark.parametrize(("reason", "answered"), [("4", True), ("3", False), ("5", False), ("0", False)])
+async def test_an_originate_response_read_before_its_reply_is_still_followed(
+    reason: str, answered: bool
+) -> None:
+    k = keeper()
+    live = FakeLive()
+    live.add_agent("agent1")
+    live.add_agent("agent2")
+    callback = k.hold(request(), MONDAY_10)
+    dispatcher = scripted(k, ScriptedAmi(reason), live, MONDAY_10)
+    assert [d.interface for d in await dispatcher.tick()] == ["PJSIP/agent1"]
+    held = state(k, callback)
+    if answered:
+        assert (held.state, held.agent, held.agent_answered_at, held.outcomes) == (
+            "dialing",
+            "PJSIP/agent1",
+            MONDAY_10,
+            (),
+        )
+    else:
+        assert (held.state, held.attempts, held.outcomes) == (
+            "waiting",
+            0,
+            (CallbackOutcome.AGENT_NO_ANSWER,),
+        )
+        assert [d.interface for d in await dispatcher.tick()] == ["PJSIP/agent2"]
+
+
+async def test_an_originate_that_cannot_be_sent_leaves_the_callback_waiting() -> None:
+    k = keeper(agent_rest_s=30.0)
+    live = one_agent()
+    callback = k.hold(request(), MONDAY_10)
+    ami = ScriptedAmi(fail=True)
+    assert await scripted(k, ami, live, MONDAY_10).tick() == []
+    held = state(k, callback)
+    assert (held.state, held.agent, held.attempts, held.outcomes) == ("waiting", None, 0, ())
+    ami.fail = False
+    assert await scripted(k, ami, live, MONDAY_10 + 1).tick() == []  # the agent rests a little
+    assert len(await scripted(k, ami, live, MONDAY_10 + 30).tick()) == 1
+
+
+def test_the_agent_ring_time_must_end_before_the_keeper_gives_up_on_the_dial() -> None:
+    k = keeper(dial_timeout_s=30.0)
+    with pytest.raises(ValueError, match="agent_ring_s 30 must be positive and below dial_timeout_s 30"):
+        CallbackDispatcher(k, ScriptedAmi(), FakeLive(), agent_ring_s=30.0)
+
+
 # --- the dispatcher against the simulated PBX -----------------------------------------------------
 
 SPEED = 20.0
@@ -525,6 +603,11 @@ class RecordingAmi:
         self.rig = rig
         self.originates: list[list[tuple[str, str]]] = []
         self.callers_done_then: list[bool] = []
+
+    def subscribe(self, event_name: str, callback: Callable[[AmiMessage], None]) -> Callable[[], None]:
+        ami = self.rig.engine.ami
+        assert ami is not None
+        return ami.subscribe(event_name, callback)
 
     async def send_action(self, action: str, headers: Sequence[tuple[str, str]]) -> AmiResponse:
         ami = self.rig.engine.ami
@@ -644,10 +727,14 @@ async def test_an_agent_who_does_not_answer_is_replaced_by_another(rig: Rig) -> 
     rig.pbx.add_agent(SimAgent("PJSIP/agent2", "Present", queues=[QUEUE], answer_delay=1))
     await until(lambda: len(rig.engine.live.agents(rig.now())) == 2, "two agents are known")
     k = sim_keeper(rig, agent_rest_s=3600.0)
-    dispatcher, ami = rig.dispatcher(k, agent_ring_s=5.0)
+    ami = RecordingAmi(rig)
+    duty = callback_duty(k, rig.engine.live, interval_s=0.01, clock=rig.now, agent_ring_s=5.0)
     callback = await k.keep(request(joined_at=rig.now()))
-    async with running(dispatcher):
-        await until(lambda: state(k, callback).agent_answered_at is not None, "an agent answers", limit_s=30)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(duty(ami, stop))  # as the engine runs it on the leader
+    await until(lambda: state(k, callback).agent_answered_at is not None, "an agent answers", limit_s=30)
+    stop.set()
+    await asyncio.wait_for(task, 10)
     assert ami.channels() == ["PJSIP/agent1", "PJSIP/agent2"]
     held = state(k, callback)
     assert (held.state, held.agent, held.attempts) == ("dialing", "PJSIP/agent2", 0)
