@@ -165,9 +165,6 @@ class _Held:
             agent_answered_at=self.agent_answered_at,
         )
 
-    def serving_key(self) -> tuple[int, float]:
-        return (-self.request.priority, self.request.joined_at)
-
 
 def e164(number: str) -> str:
     """``number`` in E.164 (``06 12 34 56 78`` -> ``+33612345678``); ValueError when it cannot be dialled."""
@@ -177,12 +174,15 @@ def e164(number: str) -> str:
     return parsed.e164
 
 
-def _ahead(caller: WaitingCaller, request: QueuedCallbackRequest) -> bool:
-    """Whether a real caller is served before the virtual one: (priority desc, join time asc)."""
-    priority = caller.priority or 0  # unknown: Asterisk's default
-    return priority > request.priority or (
-        priority == request.priority and caller.join_time <= request.joined_at
-    )
+def _ahead(caller: WaitingCaller, priority: int, joined_at: float) -> bool:
+    """Whether a real caller is served before a virtual one: (priority desc, join time asc)."""
+    theirs = caller.priority or 0  # unknown: Asterisk's default
+    return theirs > priority or (theirs == priority and caller.join_time <= joined_at)
+
+
+def base_priority(request: QueuedCallbackRequest, now: float) -> int:
+    """A virtual caller's priority without aging: the one it had when it left the queue."""
+    return request.priority
 
 
 class CallbackKeeper:
@@ -201,6 +201,9 @@ class CallbackKeeper:
       then the callback is ``failed`` and handed to ``back_office`` (a callback request) by
       :meth:`file_failed`.  An agent who did not answer costs the citizen no attempt: the callback
       goes to another agent at once, and that agent gets no callback for ``agent_rest_s``.
+    * ``priority_at(request, now)`` is a virtual caller's priority now: with priority aging, the
+      score a real caller with the same base priority and join time would have (real callers'
+      priorities rise while they wait; a callback's must too, or it would lose its place).
     * Guards, so that nothing stays stuck: a dial with no Originate outcome after ``dial_timeout_s``
       counts as the agent not answering; a dial whose agent answered but whose citizen outcome is
       never reported within ``outcome_timeout_s`` counts as a FAILED attempt.
@@ -218,6 +221,7 @@ class CallbackKeeper:
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] | None = None,
         back_office: CallbackSink | None = None,
+        priority_at: Callable[[QueuedCallbackRequest, float], int] = base_priority,
     ) -> None:
         if retry_s <= 0 or agent_rest_s < 0 or dial_timeout_s <= 0 or outcome_timeout_s <= 0:
             raise ValueError("callback delays must be positive")
@@ -232,6 +236,7 @@ class CallbackKeeper:
         self._clock = clock
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
         self._back_office = back_office
+        self._priority_at = priority_at
         self._held: dict[str, _Held] = {}
         self._last_dial: dict[str, float] = {}  # interface -> when the keeper last dialled it
         self._resting: dict[str, float] = {}  # interface -> no callback before this (did not answer)
@@ -313,12 +318,13 @@ class CallbackKeeper:
         free.sort(key=lambda agent: self._last_dial.get(agent.interface, -math.inf))  # stable
         waiting = sorted(
             (h for h in self._held.values() if h.state == WAITING and (h.next_attempt_at or now) <= now),
-            key=_Held.serving_key,
+            key=lambda h: self._serving_key(h, now),
         )
         dials: list[Dial] = []
         for held in waiting:
             queue = held.request.queue
-            if any(_ahead(caller, held.request) for caller in live.callers(queue)):
+            priority = self._priority_at(held.request, now)
+            if any(_ahead(caller, priority, held.request.joined_at) for caller in live.callers(queue)):
                 continue
             agent = next((a for a in free if queue in a.queues), None)
             if agent is None:
@@ -326,6 +332,9 @@ class CallbackKeeper:
             free.remove(agent)
             dials.append(Dial(held.view(), agent.interface))
         return dials
+
+    def _serving_key(self, held: _Held, now: float) -> tuple[int, float]:
+        return (-self._priority_at(held.request, now), held.request.joined_at)
 
     def start_dial(self, callback_id: str, interface: str, now: float) -> None:
         """The dispatcher originates ``callback_id`` on ``interface`` (from :meth:`due`)."""
@@ -427,7 +436,7 @@ class CallbackKeeper:
         today = self._day(now)
         active = sorted(
             (h for h in self._held.values() if h.state not in _FINISHED),
-            key=lambda h: (h.state != DIALING, *h.serving_key()),
+            key=lambda h: (h.state != DIALING, *self._serving_key(h, now)),
         )
         finished = sorted(
             (

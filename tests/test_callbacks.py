@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -211,6 +212,23 @@ def test_a_virtual_caller_is_due_only_when_no_real_caller_is_ahead_of_it(
     live.add_caller(OTHER, MONDAY_10 - 3600, 9)  # another queue's callers never count
     callback = k.hold(request(priority=callback_priority, joined_at=MONDAY_10 - 300), MONDAY_10)
     assert dials(k, MONDAY_10, live) == ([(callback, "PJSIP/agent1")] if callback_due else [])
+
+
+def aged(request: QueuedCallbackRequest, now: float) -> int:
+    """Priority aging as routing.aging scores it: +10 per 30 s waited."""
+    return request.priority + math.floor(10 * (now - request.joined_at) / 30)
+
+
+def test_with_priority_aging_a_virtual_caller_ages_like_the_real_callers() -> None:
+    live = one_agent()
+    live.add_caller(QUEUE, MONDAY_10 - 180, priority=60)  # base 0, aged by the ticker after 180 s
+    unaged, aging = keeper(), keeper(priority_at=aged)
+    for k in (unaged, aging):
+        k.hold(request(joined_at=MONDAY_10 - 240), MONDAY_10)  # base 0 too, waited longer
+    assert dials(unaged, MONDAY_10, live) == []  # a frozen priority would lose its place
+    assert dials(aging, MONDAY_10, live) == [("cb1", "PJSIP/agent1")]
+    live.add_caller(QUEUE, MONDAY_10 - 300, priority=100)  # waited longer still: ahead
+    assert dials(aging, MONDAY_10, live) == []
 
 
 def test_callbacks_are_dialled_in_serving_order_when_agents_are_few() -> None:
