@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 VENV=${GUICHET_VENV:-.venv}
 # Debian packages each verb needs (installed only when missing).
 DEB_BASE=(python3 python3-venv python3-dev gcc)
-DEB_TEST=(espeak-ng sox redis-server)  # prompt synthesis; Redis for the live state store tests
+DEB_TEST=(espeak-ng sox redis-server sip-tester)  # prompt synthesis; Redis for the live state store tests; SIPp
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
