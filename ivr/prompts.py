@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-from guichet.names import APOLOGY_SOUND
+from guichet.names import APOLOGY_SOUND, CALLBACK_OFFER_SOUND
 from ivr.menu_check import DEFAULT_DIR, DEFAULT_QUEUES
 from ivr.menus import MenuSet, MenuValidationError, load_menus
 from ivr.prompt_names import SOUND_EXTENSION, TTS_DIR, prompt_uses, text_problem, tts_name
@@ -102,7 +102,40 @@ def find_tools() -> Tools:
 DIALPLAN_SOUNDS: Final[Mapping[str, str]] = {
     APOLOGY_SOUND: "Veuillez nous excuser, notre service vocal rencontre une difficulté. "
     "Nous vous mettons en relation avec l'accueil.",
+    # app_queue's periodic announcement (queues.conf periodic-announce): the exit digit's offer
+    CALLBACK_OFFER_SOUND: "Pour être rappelé sans perdre votre place, tapez 1.",
 }
+
+
+@dataclass(frozen=True)
+class QueueExitTexts:
+    """What the routes after Queue() and on a queued callback's legs say (``ivr/queue_exits.py``)."""
+
+    # overflow route, queue rule "callback": the service queue timed out or has nobody logged in
+    overflow_offer: str = (
+        "Aucun conseiller n'est disponible pour le moment. Pour être rappelé sans perdre votre place, "
+        "tapez 1. Pour patienter à l'accueil, tapez 2."
+    )
+    number_intro: str = "Nous vous rappellerons au"  # then the number, digit by digit (SAY DIGITS)
+    number_choice: str = "Tapez 1 pour confirmer, 2 pour saisir un autre numéro."
+    ask_number: str = "Tapez le numéro de téléphone où nous pouvons vous rappeler, puis la touche dièse."
+    invalid_number: str = "Ce numéro n'est pas valide."
+    kept: str = "Vous gardez votre place ; nous vous rappelons dès qu'un conseiller est libre. Au revoir."
+    not_kept: str = "Nous n'avons pas pu enregistrer votre demande de rappel."
+    back_in_queue: str = "Vous restez en ligne, un conseiller va vous répondre."
+    # the citizen's leg of the callback, before the bridge with the agent
+    confirm_call: str = (
+        "Bonjour, le Département vous rappelle suite à votre appel. "
+        "Tapez 1 pour être mis en relation avec un conseiller."
+    )
+    # the agent's leg when the citizen was not reached
+    not_reached: str = "Le rappel n'a pas abouti : le citoyen n'a pas pu être joint."
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(str(value) for value in vars(self).values())
+
+
+QUEUE_EXIT_TEXTS: Final = QueueExitTexts()
 
 
 def tts_texts(menus: MenuSet, extra_texts: Iterable[str] = ()) -> dict[str, str]:
@@ -111,6 +144,7 @@ def tts_texts(menus: MenuSet, extra_texts: Iterable[str] = ()) -> dict[str, str]
     Raises :class:`PromptBuildError` listing every text that cannot be synthesised.
     """
     texts: dict[str, str] = dict(DIALPLAN_SOUNDS)
+    texts.update((tts_name(text), text) for text in QUEUE_EXIT_TEXTS.all())
     problems: list[str] = []
     for use in prompt_uses(menus):
         problem = text_problem(use.text)
