@@ -132,10 +132,10 @@ class AgingPolicy:
             f"priorité d'origine {start}" if known_base is not None else "priorité d'origine inconnue (0)"
         )
         if caller.urgency:
-            origin += f" (urgence {_URGENCY_LABELS.get(caller.urgency, caller.urgency)})"
+            origin += f" (urgence : {_URGENCY_LABELS.get(caller.urgency, caller.urgency)})"
         sum_text = (
             f"{aged} = {origin} + {bonus} pour {_wait_text(waited)} d'attente "
-            f"(objectif de la file : {_seconds(target)}, +{self.points} par objectif attendu)"
+            f"(+{self.points} par {_seconds(target)} attendues, l'objectif de service de la file)"
         )
         if current > aged:
             explanation = f"{current} : priorité actuelle gardée, plus haute que {sum_text}"

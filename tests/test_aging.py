@@ -55,13 +55,13 @@ def test_the_score_is_the_base_plus_points_per_target_waited_with_a_french_expla
     score = score_after(36, priority=20, urgency="urgent")
     assert (score.priority, score.base, score.bonus, score.waited_s, score.target_s) == (32, 20, 12, 36, 30)
     assert score.explanation == (
-        "32 = priorité d'origine 20 (urgence urgente) + 12 pour 36 s d'attente "
-        "(objectif de la file : 30 s, +10 par objectif attendu)"
+        "32 = priorité d'origine 20 (urgence : urgente) + 12 pour 36 s d'attente "
+        "(+10 par 30 s attendues, l'objectif de service de la file)"
     )
     long_wait = score_after(125.7, priority=10, urgency="high")
     assert long_wait.priority == 10 + 41
     assert "+ 41 pour 2 min 5 s d'attente" in long_wait.explanation
-    assert "(urgence élevée)" in long_wait.explanation
+    assert "(urgence : élevée)" in long_wait.explanation
 
 
 @pytest.mark.parametrize(
@@ -76,12 +76,12 @@ def test_the_bonus_grows_by_whole_points_at_exact_boundaries(waited_s: float, bo
 def test_each_queue_has_its_own_target_and_unknown_queues_the_default() -> None:
     assert score_after(60, queue="apa").bonus == 20
     assert score_after(60, queue="pmi").bonus == 10
-    assert "objectif de la file : 60 s" in score_after(60, queue="pmi").explanation
+    assert "(+10 par 60 s attendues, " in score_after(60, queue="pmi").explanation
     other = score_after(60, queue="prio")  # a queue of no [queues.<name>]: the default 30 s
     assert (other.target_s, other.bonus) == (30.0, 20)
     odd = AgingPolicy(4, {}, default_target_s=22.5).score(waiting(0), "x", T0 + 45)
     assert odd.bonus == 8
-    assert "objectif de la file : 22,5 s, +4 par objectif attendu" in odd.explanation
+    assert "(+4 par 22,5 s attendues, " in odd.explanation
 
 
 def test_aging_never_lowers_a_priority() -> None:
@@ -280,7 +280,9 @@ async def test_aging_serves_a_long_waiting_normal_caller_before_a_new_urgent_one
         assert raised.base == 0
         assert raised.bonus > 20  # about 40 (4 targets waited), less the event's delivery delay
         assert raised.priority > scores[urgent.channel.uniqueid].priority >= 20
-        assert raised.explanation.startswith(f"{raised.priority} = priorité d'origine 0 (urgence normale) + ")
+        assert raised.explanation.startswith(
+            f"{raised.priority} = priorité d'origine 0 (urgence : normale) + "
+        )
         # Asterisk stores the new priority AND moves the caller: the action carried Immediate: yes
         sent = rig.ami.priority_changes()
         expected = {"Queue": QUEUE, "Caller": normal.channel.name, "Priority": str(raised.priority)}
