@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import re
@@ -17,10 +18,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from enum import Enum
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from guichet.names import (
     EV_ORIGINATE_RESPONSE,
@@ -174,6 +175,17 @@ def e164(number: str) -> str:
     return parsed.e164
 
 
+def checked_request(request: QueuedCallbackRequest, now: float) -> QueuedCallbackRequest:
+    """``request`` with its number in E.164; ValueError for a number that cannot be dialled, no queue
+    or a join time that is not a past epoch time."""
+    number = e164(request.number)
+    if not request.queue:
+        raise ValueError("a queued callback needs its queue")
+    if not math.isfinite(request.joined_at) or request.joined_at > now:
+        raise ValueError(f"callback join time {request.joined_at!r} is not a past epoch time")
+    return replace(request, number=number)
+
+
 def _ahead(caller: WaitingCaller, priority: int, joined_at: float) -> bool:
     """Whether a real caller is served before a virtual one: (priority desc, join time asc)."""
     theirs = caller.priority or 0  # unknown: Asterisk's default
@@ -241,6 +253,8 @@ class CallbackKeeper:
         self._last_dial: dict[str, float] = {}  # interface -> when the keeper last dialled it
         self._resting: dict[str, float] = {}  # interface -> no callback before this (did not answer)
         self._to_file: list[QueuedCallback] = []
+        self._aliases: dict[str, str] = {}  # id a node gave a merged request -> the callback's id
+        self._saved = ""  # the last document written by save()
 
     # --- QueuedCallbacks ---------------------------------------------------------------------------
     async def keep(self, request: QueuedCallbackRequest) -> str:
@@ -254,24 +268,23 @@ class CallbackKeeper:
         return self.snapshot(self._clock())
 
     # --- the pure core -----------------------------------------------------------------------------
-    def hold(self, request: QueuedCallbackRequest, now: float) -> str:
+    def hold(self, request: QueuedCallbackRequest, now: float, callback_id: str | None = None) -> str:
         """Keep ``request`` (merged into a pending one for the same number); return the callback's id.
 
-        ValueError, holding nothing, for a number that cannot be dialled, no queue or a bad join time.
+        ``callback_id``: the id a node already gave the request (:class:`SharedCallbacks`); merged, it
+        stays an alias of the pending callback's id.  ValueError, holding nothing, for a number that
+        cannot be dialled, no queue or a bad join time.
         """
-        number = e164(request.number)
-        if not request.queue:
-            raise ValueError("a queued callback needs its queue")
-        if not math.isfinite(request.joined_at) or request.joined_at > now:
-            raise ValueError(f"callback join time {request.joined_at!r} is not a past epoch time")
-        request = replace(request, number=number)
+        request = checked_request(request, now)
         for held in self._held.values():
-            if held.state not in _FINISHED and held.request.number == number:
+            if held.state not in _FINISHED and held.request.number == request.number:
                 self._merge(held, request, now)
+                if callback_id is not None and callback_id != held.id:
+                    self._aliases[callback_id] = held.id
                 return held.id
-        callback_id = self._new_id()
+        callback_id = callback_id or self._new_id()
         if callback_id in self._held:
-            raise RuntimeError(f"callback id {callback_id!r} given twice by the id factory")
+            raise ValueError(f"callback id {callback_id!r} is already taken")
         self._held[callback_id] = _Held(callback_id, request)
         log.info(
             "queued callback %s kept for queue %s (priority %d)", callback_id, request.queue, request.priority
@@ -364,7 +377,7 @@ class CallbackKeeper:
 
     def note_outcome(self, callback_id: str, outcome: CallbackOutcome, now: float, detail: str = "") -> None:
         """One attempt's outcome; unknown ids and outcomes for finished callbacks are logged and ignored."""
-        held = self._held.get(callback_id)
+        held = self._held.get(self._aliases.get(callback_id, callback_id))
         if held is None:
             log.warning("outcome %s for unknown queued callback %.40r: ignored", outcome.value, callback_id)
             return
@@ -427,6 +440,7 @@ class CallbackKeeper:
             if held.finished_at is not None and self._day(held.finished_at) < today:
                 del self._held[held.id]
         self._resting = {agent: until for agent, until in self._resting.items() if until > now}
+        self._aliases = {alias: kept for alias, kept in self._aliases.items() if kept in self._held}
 
     def _day(self, at: float) -> date:
         return datetime.fromtimestamp(at, self.schedule.tz).date()
@@ -449,7 +463,7 @@ class CallbackKeeper:
         return [held.view() for held in (*active, *finished)]
 
     def get(self, callback_id: str) -> QueuedCallback | None:
-        held = self._held.get(callback_id)
+        held = self._held.get(self._aliases.get(callback_id, callback_id))
         return held.view() if held is not None else None
 
     async def file_failed(self) -> None:
@@ -480,6 +494,171 @@ class CallbackKeeper:
             caller_name=request.caller_name,
             citizen_id=request.citizen_id,
         )
+
+    # --- shared between engine nodes (the leader's keeper) -----------------------------------------
+    async def take_inbox(self, store: DocumentStore) -> int:
+        """Apply the requests and outcomes nodes left in the store (oldest first); how many were taken.
+
+        Each is removed before it is applied (a document another node removed first is skipped); one
+        that cannot be read or applied is logged and dropped.
+        """
+        entries: list[tuple[float, str, dict[str, Any]]] = []
+        for ident, text in (await store.documents(INBOX_KIND)).items():
+            try:
+                entry = json.loads(text)
+                entries.append((float(entry["at"]), ident, entry))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("unreadable queued-callback inbox entry %.40r dropped: %s", ident, exc)
+                await store.remove_document(INBOX_KIND, ident)
+        taken = 0
+        for at, ident, entry in sorted(entries, key=lambda item: item[:2]):
+            if not await store.remove_document(INBOX_KIND, ident):
+                continue
+            taken += 1
+            try:
+                if entry.get("op") == "keep":
+                    self.hold(_request_from(entry["request"]), at, str(entry["id"]))
+                else:
+                    outcome = CallbackOutcome(entry["outcome"])
+                    self.note_outcome(str(entry["id"]), outcome, at, str(entry.get("detail", "")))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("queued-callback inbox entry %.40r dropped: %s", ident, exc)
+        return taken
+
+    async def save(self, store: DocumentStore, now: float) -> None:
+        """Write the callbacks (in :meth:`snapshot` order) for the other nodes and a next leader."""
+        listed = [self._held[c.id] for c in self.snapshot(now)]  # what pending() lists, in order
+        shown = {h.id for h in listed}
+        listed += [h for h in self._held.values() if h.id not in shown]  # finished before today
+        text = json.dumps(
+            {
+                "callbacks": [_held_data(h) for h in listed],
+                "aliases": self._aliases,
+                "to_file": [c.id for c in self._to_file],
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+        if text != self._saved:
+            await store.put_document(CALLBACKS_KIND, CALLBACKS_DOCUMENT, text)
+            self._saved = text
+
+    async def restore(self, store: DocumentStore) -> int:
+        """Replace the callbacks with the ones last saved (a new leader); how many were read.
+
+        An unreadable document is set aside (``unreadable-<epoch>`` of the same kind) and the keeper
+        starts empty: a human can read it, the callbacks of later requests are dialled meanwhile.
+        """
+        text = (await store.documents(CALLBACKS_KIND)).get(CALLBACKS_DOCUMENT)
+        if text is None:
+            return 0
+        try:
+            held, aliases, to_file = _keeper_data(text)
+        except ValueError as exc:
+            aside = f"unreadable-{self._clock():.0f}"
+            log.error("saved queued callbacks unreadable (%s): kept as %s, starting empty", exc, aside)
+            await store.put_document(CALLBACKS_KIND, aside, text)
+            held, aliases, to_file = [], {}, []
+        self._held = {h.id: h for h in held}
+        self._aliases = aliases
+        self._to_file = [self._held[i].view() for i in to_file if i in self._held]
+        self._saved = text
+        return len(held)
+
+
+# --- every node: requests and outcomes go to the leader's keeper through the store -------------------
+
+INBOX_KIND: Final = "queued-callback-inbox"  # requests and outcomes any node hands to the leader
+CALLBACKS_KIND: Final = "queued-callbacks"  # the leader's keeper, as saved after every change
+CALLBACKS_DOCUMENT: Final = "keeper"
+
+
+class DocumentStore(Protocol):
+    """Durable documents shared by the engine nodes (:class:`routing.state.StateStore` has them)."""
+
+    async def put_document(self, kind: str, ident: str, text: str) -> None: ...
+
+    async def remove_document(self, kind: str, ident: str) -> bool: ...
+
+    async def documents(self, kind: str) -> dict[str, str]: ...
+
+
+class SharedCallbacks:
+    """:class:`QueuedCallbacks` on any engine node: what the AGI routes and the API use.
+
+    ``keep`` checks the request and leaves it in the store's inbox with a new id; ``record_outcome``
+    leaves the outcome there; the leader's keeper takes them at its next tick (:meth:`CallbackKeeper.
+    take_inbox`).  ``pending`` reads what the leader saved, plus the requests not taken yet.
+    """
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
+
+    async def keep(self, request: QueuedCallbackRequest) -> str:
+        now = self._clock()
+        request = checked_request(request, now)
+        callback_id = self._new_id()
+        entry = {"op": "keep", "id": callback_id, "at": now, "request": asdict(request)}
+        await self._store.put_document(INBOX_KIND, f"keep-{callback_id}", json.dumps(entry))
+        return callback_id
+
+    async def record_outcome(self, callback_id: str, outcome: CallbackOutcome, detail: str = "") -> None:
+        entry = {"op": "outcome", "id": callback_id, "at": self._clock(), "outcome": outcome.value}
+        if detail:
+            entry["detail"] = detail
+        await self._store.put_document(INBOX_KIND, f"outcome-{uuid.uuid4().hex}", json.dumps(entry))
+
+    async def pending(self) -> Sequence[QueuedCallback]:
+        saved = (await self._store.documents(CALLBACKS_KIND)).get(CALLBACKS_DOCUMENT)
+        listed = [h.view() for h in _keeper_data(saved)[0]] if saved is not None else []
+        known = {c.id for c in listed}
+        for ident, text in (await self._store.documents(INBOX_KIND)).items():
+            try:
+                entry = json.loads(text)
+                if entry.get("op") == "keep" and entry["id"] not in known:
+                    request = _request_from(entry["request"])
+                    listed.append(QueuedCallback(str(entry["id"]), request, WAITING, 0, (), None))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("unreadable queued-callback inbox entry %.40r not listed: %s", ident, exc)
+        return listed
+
+
+def _held_data(held: _Held) -> dict[str, Any]:
+    data = asdict(held)
+    data["outcomes"] = [outcome.value for outcome in held.outcomes]
+    return data
+
+
+def _request_from(data: Any) -> QueuedCallbackRequest:
+    if not isinstance(data, dict):
+        raise ValueError("a queued callback request must be an object")
+    return QueuedCallbackRequest(**data)
+
+
+def _keeper_data(text: str) -> tuple[list[_Held], dict[str, str], list[str]]:
+    """The callbacks, aliases and ids to file of a saved keeper; ValueError when unreadable."""
+    try:
+        data = json.loads(text)
+        held = []
+        for item in data["callbacks"]:
+            fields = dict(item)
+            fields["request"] = _request_from(fields["request"])
+            fields["outcomes"] = [CallbackOutcome(value) for value in fields["outcomes"]]
+            entry = _Held(**fields)
+            if entry.state not in (WAITING, DIALING, DONE, FAILED):
+                raise ValueError(f"unknown state {entry.state!r}")
+            held.append(entry)
+        return held, dict(data["aliases"]), [str(i) for i in data["to_file"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable saved queued callbacks: {exc!r}") from exc
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -538,7 +717,8 @@ class CallbackDispatcher:
     of ``context`` dials the citizen once the agent answered.  Subscribe :meth:`on_originate_response`
     to ``OriginateResponse``: Reason 4 means the agent answered (the routes then report the citizen's
     outcome through :meth:`CallbackKeeper.record_outcome`), anything else that the agent did not.
-    Only the leader node runs it.
+    Only the leader node runs it.  With ``store``, each tick first takes the requests and outcomes
+    the nodes left there and ends by saving the keeper for them (:class:`SharedCallbacks`).
     """
 
     def __init__(
@@ -550,6 +730,7 @@ class CallbackDispatcher:
         clock: Callable[[], float] = time.time,
         context: str = CALLBACK_CONTEXT,
         agent_ring_s: float = 20.0,
+        store: DocumentStore | None = None,
     ) -> None:
         if not 0 < agent_ring_s < keeper.dial_timeout_s:
             raise ValueError(
@@ -562,6 +743,7 @@ class CallbackDispatcher:
         self._clock = clock
         self._context = context
         self._ring_s = agent_ring_s
+        self._store = store
         self._by_action: dict[str, str] = {}  # Originate ActionID -> callback id
         # OriginateResponses read before send_action returned their ActionID (same read buffer)
         self._unclaimed: OrderedDict[str, AmiMessage] = OrderedDict()
@@ -569,6 +751,8 @@ class CallbackDispatcher:
     async def tick(self) -> list[Dial]:
         """One round: settle, dial what is due; returns the dials whose Originate was accepted."""
         keeper = self._keeper
+        if self._store is not None:
+            await keeper.take_inbox(self._store)
         keeper.expire(self._clock())
         dials = keeper.due(self._clock(), self._live)
         for dial in dials:  # all at once: outcomes and requests may arrive while an Originate is sent
@@ -594,6 +778,8 @@ class CallbackDispatcher:
             else:
                 self._settle(dial.callback.id, early)
         await keeper.file_failed()
+        if self._store is not None:
+            await keeper.save(self._store, self._clock())
         return sent
 
     def on_originate_response(self, event: AmiMessage) -> None:
@@ -639,17 +825,31 @@ def callback_duty(
     keeper: CallbackKeeper,
     live: LiveView,
     *,
+    store: DocumentStore | None = None,
     interval_s: float = 1.0,
     clock: Callable[[], float] = time.time,
     context: str = CALLBACK_CONTEXT,
     agent_ring_s: float = 20.0,
 ) -> Callable[[AmiLink, asyncio.Event], Awaitable[None]]:
     """The dispatcher as an engine duty (``Engine.add_duty``): on the leader's AMI client, following
-    its OriginateResponses, ticking every ``interval_s`` until ``stop`` is set."""
+    its OriginateResponses, ticking every ``interval_s`` until ``stop`` is set.
+
+    With ``store``, the keeper first restores what the previous leader saved (retried every
+    ``interval_s`` while the store fails: saving a stale keeper would lose callbacks), then each tick
+    takes the nodes' inbox and saves the keeper (:class:`SharedCallbacks` on every node).
+    """
 
     async def duty(ami: AmiLink, stop: asyncio.Event) -> None:
+        while store is not None and not stop.is_set():
+            try:
+                log.info("queued callbacks restored: %d", await keeper.restore(store))
+                break
+            except Exception:
+                log.exception("restoring queued callbacks failed; retrying in %g s", interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
         dispatcher = CallbackDispatcher(
-            keeper, ami, live, clock=clock, context=context, agent_ring_s=agent_ring_s
+            keeper, ami, live, clock=clock, context=context, agent_ring_s=agent_ring_s, store=store
         )
         unsubscribe = ami.subscribe(EV_ORIGINATE_RESPONSE, dispatcher.on_originate_response)
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,16 +35,23 @@ from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.callbacks import (
     CALLBACK_CONTEXT,
+    CALLBACKS_DOCUMENT,
+    CALLBACKS_KIND,
+    INBOX_KIND,
     CallbackDispatcher,
     CallbackKeeper,
     CallbackOutcome,
     QueuedCallback,
     QueuedCallbackRequest,
+    SharedCallbacks,
     callback_duty,
     originate_headers,
 )
 from routing.errors import AmiConnectionLost
 from routing.live import AgentState, AgentView, WaitingCaller
+from routing.state import MemoryStateStore, StateStore
+from routing.state_redis import RedisStateStore
+from tests.redis_server import RedisServer
 from tests.sim_fixtures import AgiResponder
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -601,6 +610,131 @@ def test_the_agent_ring_time_must_end_before_the_keeper_gives_up_on_the_dial() -
     k = keeper(dial_timeout_s=30.0)
     with pytest.raises(ValueError, match="agent_ring_s 30 must be positive and below dial_timeout_s 30"):
         CallbackDispatcher(k, ScriptedAmi(), FakeLive(), agent_ring_s=30.0)
+
+
+# --- several engine nodes: the store's inbox and the saved keeper --------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[StateStore, StateStore]]:
+    """Two nodes' views of one store: the same object in memory, two clients of one redis-server."""
+    if request.param == "memory":
+        store = MemoryStateStore()
+        yield store, store
+        await store.close()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test-{uuid.uuid4().hex}:"
+    first = RedisStateStore.from_url(server.url, prefix=prefix)
+    second = RedisStateStore.from_url(server.url, prefix=prefix)
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+def node(store: StateStore, now: list[float], prefix: str) -> SharedCallbacks:
+    ids = itertools.count(1)
+    return SharedCallbacks(store, clock=lambda: now[0], new_id=lambda: f"{prefix}{next(ids)}")
+
+
+async def test_requests_and_outcomes_from_any_node_reach_the_leaders_keeper(
+    stores: tuple[StateStore, StateStore],
+) -> None:
+    leader_store, other_store = stores
+    now = [MONDAY_10]
+    here, there = node(leader_store, now, "a"), node(other_store, now, "b")
+    k = keeper(clock=lambda: now[0])
+    live = one_agent()
+    ami = ScriptedAmi()
+    dispatcher = CallbackDispatcher(k, ami, live, clock=lambda: now[0], store=leader_store)
+    first = await there.keep(request("06 12 34 56 78", priority=1, joined_at=MONDAY_10 - 300))
+    assert [(c.id, c.state, c.request.number) for c in await here.pending()] == [
+        (first, "waiting", "+33612345678")  # not taken yet: listed from the inbox
+    ]
+    now[0] += 1
+    assert [d.callback.id for d in await dispatcher.tick()] == [first]  # taken, then dialled
+    assert dict(ami.sent[0])["Channel"] == "PJSIP/agent1"
+    duplicate = await here.keep(request("+33612345678", priority=4, joined_at=MONDAY_10 - 100))
+    other = await here.keep(request("0698765432", joined_at=MONDAY_10 - 200))
+    now[0] += 1
+    await dispatcher.tick()
+    listing = await there.pending()
+    assert [(c.id, c.state, c.merged, c.request.priority) for c in listing] == [
+        (first, "dialing", 1, 4),
+        (other, "waiting", 0, 0),
+    ]
+    await there.record_outcome(duplicate, CallbackOutcome.NO_ANSWER, "DIALSTATUS=NOANSWER")  # by its alias
+    await here.record_outcome(other, CallbackOutcome.ANSWERED)
+    now[0] += 1
+    await dispatcher.tick()
+    after = {c.id: c for c in await there.pending()}
+    assert (after[first].state, after[first].attempts, after[first].next_attempt_at) == (
+        "waiting",
+        1,
+        now[0] + 599,
+    )
+    assert after[other].state == "done"
+    assert await other_store.documents(INBOX_KIND) == {}
+
+
+async def test_a_new_leader_restores_the_saved_keeper(stores: tuple[StateStore, StateStore]) -> None:
+    old_store, new_store = stores
+    now = [MONDAY_10]
+    sink = InMemoryCallbackSink()
+    old = keeper(clock=lambda: now[0], attempts=1, dial_timeout_s=60.0)
+    live = FakeLive()
+    live.add_agent("agent1")
+    live.add_agent("agent2")
+    gone = old.hold(request("0611111111"), now[0])
+    failed = old.hold(request("0622222222"), now[0])
+    waiting = old.hold(request("0633333333"), now[0])
+    dial_all(old, now[0], live)
+    old.note_outcome(failed, CallbackOutcome.BUSY, now[0] + 10)  # failed, not filed yet
+    await old.save(old_store, now[0] + 10)
+    new = keeper(clock=lambda: now[0], attempts=1, dial_timeout_s=60.0, back_office=sink)
+    assert await new.restore(new_store) == 3
+    assert [(c.id, c.state) for c in new.snapshot(now[0] + 10)] == [
+        (gone, "dialing"),
+        (waiting, "waiting"),
+        (failed, "failed"),
+    ]
+    await new.file_failed()
+    assert [r.number for r in sink.requests] == ["+33622222222"]
+    new.expire(now[0] + 60)  # the old leader's Originate outcome will never come here
+    assert state(new, gone).outcomes == (CallbackOutcome.AGENT_NO_ANSWER,)
+    assert dials(new, now[0] + 60, live) == [(gone, "PJSIP/agent2")]  # agent1 did not answer: rests
+
+
+async def test_unreadable_documents_are_set_aside_not_lost(stores: tuple[StateStore, StateStore]) -> None:
+    store, other = stores
+    await store.put_document(CALLBACKS_KIND, CALLBACKS_DOCUMENT, '{"callbacks": [{"id": 1}]}')
+    await store.put_document(INBOX_KIND, "junk", "not json")
+    await store.put_document(
+        INBOX_KIND,
+        "bad-number",
+        json.dumps(
+            {
+                "op": "keep",
+                "id": "x",
+                "at": 1.0,
+                "request": {"number": "12", "queue": QUEUE, "priority": 0, "joined_at": 0.5},
+            }
+        ),
+    )
+    k = keeper(clock=lambda: MONDAY_10)
+    assert await k.restore(other) == 0
+    aside = await other.documents(CALLBACKS_KIND)
+    assert aside[f"unreadable-{MONDAY_10:.0f}"] == '{"callbacks": [{"id": 1}]}'
+    assert await k.take_inbox(other) == 1  # the junk is dropped unread, the bad request refused
+    assert await store.documents(INBOX_KIND) == {}
+    assert k.snapshot(MONDAY_10) == []
+
+
+async def test_a_node_refuses_a_bad_request_at_once(stores: tuple[StateStore, StateStore]) -> None:
+    store, _ = stores
+    with pytest.raises(ValueError, match="not a valid public phone number"):
+        await node(store, [MONDAY_10], "a").keep(request("12"))
+    assert await store.documents(INBOX_KIND) == {}
 
 
 # --- the dispatcher against the simulated PBX -----------------------------------------------------
