@@ -235,9 +235,15 @@ class AgingTicker:
         self._live.note_variables(channel, {QUEUE_PRIO: reply.response.get(H_VALUE) or ""})
         return self._live.queue_prio(channel)
 
-    async def run(self, interval_s: float, stop: asyncio.Event) -> None:
+    async def run(
+        self,
+        interval_s: float,
+        stop: asyncio.Event,
+        on_changes: Callable[[list[Change]], None] | None = None,
+    ) -> None:
         """Tick every ``interval_s`` seconds until ``stop`` is set (checked between ticks).
 
+        ``on_changes`` gets the live model's changes of each tick that made some (to publish them).
         A lost connection or a timeout is logged and the next tick tries again (the AMI client
         reconnects by itself); any other error propagates.
         """
@@ -245,7 +251,9 @@ class AgingTicker:
             raise ValueError(f"aging interval must be positive seconds, got {interval_s!r}")
         while not stop.is_set():
             try:
-                await self.tick()
+                changes = await self.tick()
+                if changes and on_changes is not None:
+                    on_changes(changes)
             except (AmiConnectionLost, AmiTimeout) as exc:
                 log.warning("aging tick interrupted, retried in %g s: %s", interval_s, exc)
             with contextlib.suppress(TimeoutError):

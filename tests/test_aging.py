@@ -18,7 +18,7 @@ from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, 
 from routing.aging import AgingPolicy, AgingTicker, Score
 from routing.ami_client import AmiClient, AmiResponse
 from routing.errors import AmiConnectionLost
-from routing.live import WaitingCaller
+from routing.live import Change, WaitingCaller
 from tests.sim_fixtures import read_reply
 
 # --- the policy --------------------------------------------------------------------------------------
@@ -340,13 +340,16 @@ async def test_a_lost_connection_propagates_from_tick_and_run_goes_on(rig: Rig) 
 async def test_run_raises_priorities_until_stopped(rig: Rig) -> None:
     normal, urgent = await long_waiter_then_urgent(rig)
     stop = asyncio.Event()
-    runner = asyncio.create_task(rig.ticker.run(0.05, stop))
+    published: list[Change] = []
+    runner = asyncio.create_task(rig.ticker.run(0.05, stop, published.extend))
     try:
         await until(lambda: rig.queued_in_sim()[0] == normal.channel.name, "aging moved the normal caller")
     finally:
         stop.set()
         await asyncio.wait_for(runner, 30)
     assert rig.sim_priority(normal) > rig.sim_priority(urgent)
+    assert Change("caller_updated", normal.channel.name, QUEUE) in published
+    assert Change("queue_reordered", "", QUEUE) in published
     with pytest.raises(ValueError, match="interval"):
         await rig.ticker.run(0, stop)
 
