@@ -21,6 +21,7 @@ _ERRORS: Final = {
     "429": "Too many failed logins for this login: retry after Retry-After seconds.",
     "502": "Asterisk refused the action (the message names the action and the queue).",
     "503": "Asterisk did not answer (AMI down or timed out): the action may not have happened.",
+    "500": "Unexpected server error (logged; no detail is given).",
 }
 
 
@@ -52,7 +53,7 @@ _EPOCH: Final = {"type": "number", "description": "epoch seconds"}
 
 def _operation(summary: str, ok: dict[str, Any], errors: tuple[str, ...], **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok}
-    for status in errors:
+    for status in (*errors, "500"):
         responses[status] = _json(_ref("Error"), _ERRORS[status])
     operation: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
     return operation

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from desk.api import ROUTES, SESSION_COOKIE
+from desk.api import CONTEXT, ROUTES, SESSION_COOKIE
 from desk.app import bound_port, build_app, build_app_from_settings, start_http
 from desk.auth import (
     SESSION_KEY_ENV,
@@ -62,6 +62,7 @@ class Keeper:
     """A queued-callback keeper holding a fixed list (the API only reads pending())."""
 
     callbacks: list[QueuedCallback] = field(default_factory=list)
+    broken: bool = False
 
     async def keep(self, request: QueuedCallbackRequest) -> str:
         raise NotImplementedError
@@ -70,6 +71,8 @@ class Keeper:
         raise NotImplementedError
 
     async def pending(self) -> Sequence[QueuedCallback]:
+        if self.broken:
+            raise RuntimeError("database password=hunter2 unreachable")
         return list(self.callbacks)
 
 
@@ -574,3 +577,14 @@ def test_add_user_refuses_bad_logins_and_roles(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             add_user(tmp_path / "u.toml", login, role, agent, "pw")
     assert not (tmp_path / "u.toml").exists()
+
+
+async def test_an_unexpected_failure_is_a_json_500_without_details(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    keeper = api.app[CONTEXT].callbacks
+    keeper.broken = True
+    status, body, _ = await api.call("GET", "/api/callbacks", token=await api.login("chef"))
+    assert (status, body["error"]) == (500, "internal")
+    assert "hunter2" not in json.dumps(body)
+    assert "GET /api/callbacks failed" in caplog.text
