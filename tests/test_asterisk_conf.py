@@ -864,14 +864,25 @@ def test_the_installed_asterisk_data_is_linked_never_overwritten(tmp_path: Path)
     assert not (out / "sounds" / "guichet").exists(), "Guichet's own prompts are built, not linked"
 
 
-def test_sounds_builds_the_prompts_where_asterisk_plays_them(tmp_path: Path) -> None:
+def test_sounds_builds_every_sound_the_configuration_plays(tmp_path: Path) -> None:
     stdout = io.StringIO()
     assert (
         main(["--out", str(tmp_path), "--sounds", "--data-dir", str(tmp_path)], out=stdout, environ=ENV) == 0
     )
-    assert (tmp_path / "sounds" / f"{APOLOGY_SOUND}.wav").is_file(), stdout.getvalue()
+    dialplan, _ = parse_extensions((tmp_path / EXTENSIONS_CONF).read_text(encoding="utf-8"))
+    played = {
+        step.data
+        for extens in dialplan.contexts.values()
+        for steps in extens.values()
+        for step in steps
+        if step.app == "Playback"
+    }
+    played |= {s.get("periodic-announce") or "" for s in conf(tmp_path, QUEUES_CONF) if s.name != "general"}
+    assert played == {APOLOGY_SOUND, CALLBACK_OFFER_SOUND}
     directories = by_name(conf(tmp_path, "asterisk.conf"), "directories")
-    assert Path(directories.get("astdatadir") or "") / "sounds" == (tmp_path / "sounds").resolve()
+    sounds = Path(directories.get("astdatadir") or "") / "sounds"  # where Asterisk looks for them
+    for name in played:
+        assert (sounds / f"{name}.wav").is_file(), f"{name}: not built\n{stdout.getvalue()}"
 
 
 # --- (9) the fail-safe right after the AGI -------------------------------------------------------
