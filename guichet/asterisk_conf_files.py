@@ -173,8 +173,9 @@ def render_musiconhold(options: RenderOptions) -> str:
     )
 
 
-def _bind(address: str, number: int) -> str:
-    return f"[{address}]:{number}" if ip_address("bind", address).version == 6 else f"{address}:{number}"
+def _host_port(address: str, number: int) -> str:
+    """``host:port``, an IPv6 address in brackets (PJSIP's bind and SIP URIs)."""
+    return f"[{address}]:{number}" if ":" in address else f"{address}:{number}"
 
 
 def _agent_endpoint(agent_id: str, agent: AgentSettings, context: str) -> list[str]:
@@ -194,6 +195,10 @@ def _agent_endpoint(agent_id: str, agent: AgentSettings, context: str) -> list[s
         ("aors", agent_id),
     ]
     if agent.name:
+        if any(char in agent.name for char in '"<>'):
+            raise AsteriskConfigError(
+                f"[agents.{agent_id}] name {agent.name!r}: no '\"', '<' or '>' in a caller id"
+            )
         settings.append(("callerid", f'"{agent.name}" <{agent_id}>'))
     return section(
         agent_id, settings, comment=f"agent {agent_id}: endpoint; auth {agent_id} in {PJSIP_AUTH_FILE}"
@@ -204,7 +209,7 @@ def render_pjsip(
     options: RenderOptions, agents: Mapping[str, AgentSettings], inbound_context: str, agents_context: str
 ) -> str:
     """pjsip.conf: one UDP transport, the ``trunk`` endpoint, one endpoint + aor per agent."""
-    trunk_contact = f"sip:{options.trunk_host}:{options.trunk_port}"
+    trunk_contact = f"sip:{_host_port(options.trunk_host, options.trunk_port)}"
     blocks = [
         header("SIP: transport, trunk, agents"),
         section(
@@ -219,7 +224,11 @@ def render_pjsip(
         ),
         section(
             TRANSPORT,
-            [("type", "transport"), ("protocol", "udp"), ("bind", _bind(options.sip_bind, options.sip_port))],
+            [
+                ("type", "transport"),
+                ("protocol", "udp"),
+                ("bind", _host_port(options.sip_bind, options.sip_port)),
+            ],
         ),
         section(
             TRUNK,

@@ -640,8 +640,11 @@ def test_nothing_binds_to_all_addresses_unless_asked() -> None:
     assert binds == {("pjsip.conf", "bind"): "127.0.0.1:5060", ("manager.conf", "bindaddr"): "127.0.0.1"}
     asked = render_files(Settings(), RenderOptions(install_dir="/srv/a", sip_bind="0.0.0.0", sip_port=5070))
     assert ("pjsip.conf", "bind", "0.0.0.0:5070") in rendered_values(asked)
-    ipv6 = render_files(Settings(), RenderOptions(install_dir="/srv/a", sip_bind="::1"))
+    ipv6 = render_files(
+        Settings(), RenderOptions(install_dir="/srv/a", sip_bind="::1", trunk_host="2001:db8::5")
+    )
     assert ("pjsip.conf", "bind", "[::1]:5060") in rendered_values(ipv6)
+    assert ("pjsip.conf", "contact", "sip:[2001:db8::5]:5060") in rendered_values(ipv6)
 
 
 def test_manager_permits_loopback_only_and_the_least_rights() -> None:
@@ -746,11 +749,12 @@ def test_hostile_secrets_are_refused_without_showing_them(
     assert not any(value in str(error.value) for value in environ.values() if value != "ok")
 
 
-def test_a_hostile_agent_name_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "message"), [("Alice\n[evil]", "newline"), ('Al" <1001>', "caller id")])
+def test_a_hostile_agent_name_is_refused(name: str, message: str) -> None:
     from guichet.config import AgentSettings
 
-    settings = Settings(agents={"alice": AgentSettings(name="Alice\n[evil]", skills=("apa",))})
-    with pytest.raises(AsteriskConfigError, match="newline"):
+    settings = Settings(agents={"alice": AgentSettings(name=name, skills=("apa",))})
+    with pytest.raises(AsteriskConfigError, match=message):
         render_files(settings, RenderOptions(install_dir="/srv/a"))
 
 
