@@ -45,6 +45,7 @@ from guichet.names import (
 from ivr.callers import E164Number, normalise
 from ivr.hours import Schedule, is_open, next_opening
 from ivr.menu_engine import CallbackRequest, CallbackSink
+from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN
 from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.errors import AmiError
@@ -663,8 +664,6 @@ def _keeper_data(text: str) -> tuple[list[_Held], dict[str, str], list[str]]:
 
 # --- the driver ------------------------------------------------------------------------------------
 
-# The dialplan context an originated callback runs once the agent answered (it dials the citizen).
-CALLBACK_CONTEXT: Final = "guichet-callback"
 ORIGINATE_ANSWERED: Final = "4"  # OriginateResponse Reason: the originated channel answered
 CALLBACK_CALLER_NAME: Final = "Rappel"  # what the agent's phone shows before the citizen's name
 _MAX_CALLER_NAME: Final = 40
@@ -700,7 +699,7 @@ def originate_headers(
     return [
         (H_CHANNEL, interface),
         (H_CONTEXT, context),
-        (H_EXTEN, "s"),
+        (H_EXTEN, CALLBACK_EXTEN),
         (H_PRIORITY, "1"),
         (H_TIMEOUT, str(round(ring_s * 1000))),
         (H_CALLERID, f'"{name}" <{request.number}>'),
@@ -728,7 +727,7 @@ class CallbackDispatcher:
         live: LiveView,
         *,
         clock: Callable[[], float] = time.time,
-        context: str = CALLBACK_CONTEXT,
+        context: str = CALLBACK_DIAL_CONTEXT,
         agent_ring_s: float = 20.0,
         store: DocumentStore | None = None,
     ) -> None:
@@ -828,7 +827,7 @@ def callback_duty(
     store: DocumentStore | None = None,
     interval_s: float = 1.0,
     clock: Callable[[], float] = time.time,
-    context: str = CALLBACK_CONTEXT,
+    context: str = CALLBACK_DIAL_CONTEXT,
     agent_ring_s: float = 20.0,
 ) -> Callable[[AmiLink, asyncio.Event], Awaitable[None]]:
     """The dispatcher as an engine duty (``Engine.add_duty``): on the leader's AMI client, following

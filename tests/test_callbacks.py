@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from guichet.config import Secret, Settings
-from guichet.engine import Engine
+from guichet.engine import Engine, default_menu_engine
 from guichet.names import (
     EV_ORIGINATE_RESPONSE,
     GUICHET_CALLBACK_ID,
@@ -27,14 +27,27 @@ from guichet.names import (
     GUICHET_PRIO,
     GUICHET_QUEUE,
 )
-from ivr.agi_server import RouteTable
+from ivr.agi_server import FastAgiServer, RouteTable
 from ivr.hours import MINUTES_PER_DAY, Schedule, TimeRange
 from ivr.menu_engine import CallbackRequest, InMemoryCallbackSink
-from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, SimulatedPbx, inbound_dialplan
+from ivr.queue_exits import QueueExits
+from ivr.routes import build_routes
+from ivr.services import SERVICE_QUEUES
+from pbx_sim import (
+    Callee,
+    CallerScript,
+    CallHandle,
+    KeyPress,
+    QueueConfig,
+    SimAgent,
+    SimConfig,
+    SimulatedPbx,
+    inbound_dialplan,
+)
+from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, QUEUE_EXIT_CONTEXT
 from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.callbacks import (
-    CALLBACK_CONTEXT,
     CALLBACKS_DOCUMENT,
     CALLBACKS_KIND,
     INBOX_KIND,
@@ -792,7 +805,7 @@ class Rig:
     ) -> tuple[CallbackDispatcher, RecordingAmi]:
         ami = RecordingAmi(self)
         dispatcher = CallbackDispatcher(
-            k, ami, self.engine.live, clock=self.now, context=CALLBACK_CONTEXT, agent_ring_s=agent_ring_s
+            k, ami, self.engine.live, clock=self.now, context=CALLBACK_DIAL_CONTEXT, agent_ring_s=agent_ring_s
         )
         assert self.engine.ami is not None
         self.engine.ami.subscribe(EV_ORIGINATE_RESPONSE, dispatcher.on_originate_response)
@@ -857,7 +870,7 @@ async def test_a_callback_behind_two_real_callers_waits_until_they_are_served(ri
     (sent,) = ami.originates
     assert sent[:7] == [
         ("Channel", "PJSIP/agent1"),
-        ("Context", CALLBACK_CONTEXT),
+        ("Context", CALLBACK_DIAL_CONTEXT),
         ("Exten", "s"),
         ("Priority", "1"),
         ("Timeout", "20000"),
@@ -911,3 +924,99 @@ async def test_two_free_agents_and_three_callbacks_make_two_dials(rig: Rig) -> N
         await until(lambda: len(ami.originates) == 3, "the third callback is dialled")
     assert ami.channels()[2] == state(k, ids[2]).agent
     assert dict(ami.originates[2])["CallerID"] == '"Rappel" <+33600000002>'
+
+
+# --- end to end: the caller presses 1 while queued, the citizen is called back ---------------------
+
+OPEN = datetime(2026, 6, 2, 10, 0, tzinfo=PARIS)  # the menus' clock: a Tuesday, 10:00
+CITIZEN = "+33612345678"
+APA_KEYS = KeyPress(0.5, "12")  # the default menu: 1 (APA) then 2 -> queue apa, QUEUE_PRIO 10
+KEEP_MY_PLACE = (APA_KEYS, KeyPress(3.0, "1"), KeyPress(10.0, "1"))  # exit key, then "my number is right"
+
+
+@contextlib.asynccontextmanager
+async def platform(
+    citizen: Callee,
+) -> AsyncIterator[tuple[SimulatedPbx, Engine, SharedCallbacks, MemoryStateStore]]:
+    """The production wiring on the simulated PBX: routes on SharedCallbacks, the keeper as a duty."""
+    store = MemoryStateStore()
+    pbx: SimulatedPbx | None = None
+
+    def sim_now() -> float:
+        assert pbx is not None
+        return pbx.clock.now()
+
+    shared = SharedCallbacks(store, clock=sim_now)
+    exits = QueueExits(shared, {queue: "general" for queue in SERVICE_QUEUES}, now=sim_now)
+    server = FastAgiServer(build_routes(default_menu_engine(now=lambda: OPEN), exits), port=0)
+    await server.start()
+    pbx = SimulatedPbx(
+        SimConfig(
+            agi_port=server.port,
+            speed=SPEED,
+            queues=[QueueConfig(q, context=QUEUE_EXIT_CONTEXT) for q in SERVICE_QUEUES],
+            dialplan=inbound_dialplan(f"agi://127.0.0.1:{server.port}"),
+            callees={CITIZEN: citizen},
+        )
+    )
+    await pbx.start()
+    engine = Engine(Settings(), Secret("secret"), RouteTable(), clock=pbx.clock.now)
+    try:
+        await engine.connect_ami(pbx.ami_port)
+        yield pbx, engine, shared, store
+    finally:
+        await engine.close()
+        await pbx.stop()
+        await server.close()
+        await store.close()
+
+
+async def called_back(
+    citizen: Callee, **options: object
+) -> tuple[QueuedCallback, list[list[tuple[str, str]]]]:
+    """A caller keeps their place, an agent logs in; the callback as the API lists it once settled."""
+    async with platform(citizen) as (pbx, engine, shared, store):
+        handle = pbx.place_call(CallerScript("0612345678", "Zoé", keys=KEEP_MY_PLACE))
+        await asyncio.wait_for(handle.finished, 60)  # hung up after "vous gardez votre place"
+        (waiting,) = await shared.pending()
+        assert (waiting.request.number, waiting.request.queue, waiting.request.priority) == (
+            CITIZEN,
+            QUEUE,
+            10,
+        )
+        assert waiting.request.joined_at == float(handle.channel.variables["GUICHET_QUEUED_AT"])
+        k = keeper(schedule=ALWAYS_OPEN, clock=pbx.clock.now, new_id=uuid_ids(), **options)
+        rig = Rig(pbx, engine)
+        ami = RecordingAmi(rig)
+        duty = callback_duty(k, engine.live, store=store, interval_s=0.01, clock=pbx.clock.now)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(duty(ami, stop))
+        try:
+            pbx.add_agent(SimAgent("PJSIP/agent1", "Agent", queues=[QUEUE], answer_delay=1))
+            await until(lambda: any(c.outcomes for c in k.snapshot(pbx.clock.now())), "an outcome", 60)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        (listed,) = await shared.pending()
+        return listed, ami.originates
+
+
+def uuid_ids() -> Callable[[], str]:
+    return lambda: uuid.uuid4().hex[:16]
+
+
+async def test_a_caller_keeps_their_place_and_is_called_back_agent_first() -> None:
+    listed, originates = await called_back(Callee(keys=[KeyPress(1.0, "1")], talk_s=5))
+    assert (listed.state, listed.attempts, listed.outcomes) == ("done", 1, (CallbackOutcome.ANSWERED,))
+    (sent,) = originates
+    assert sent[:3] == [("Channel", "PJSIP/agent1"), ("Context", CALLBACK_DIAL_CONTEXT), ("Exten", "s")]
+    assert ("Variable", f"{GUICHET_CALLBACK_ID}={listed.id}") in sent
+    assert ("Variable", f"{GUICHET_CALLBACK_NUMBER}={CITIZEN}") in sent
+    assert ("CallerID", f'"Rappel Zoé" <{CITIZEN}>') in sent
+
+
+async def test_a_voicemail_is_not_answered_and_the_callback_is_retried_later() -> None:
+    listed, originates = await called_back(Callee(keys=()), retry_s=600.0)  # answers, nobody presses 1
+    assert (listed.state, listed.attempts, listed.outcomes) == ("waiting", 1, (CallbackOutcome.UNCONFIRMED,))
+    assert listed.next_attempt_at is not None
+    assert len(originates) == 1
