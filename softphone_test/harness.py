@@ -34,6 +34,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import wave
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from ivr.menus import HoursNode, PromptNode, load_menus
+from ivr.prompt_names import SOUND_EXTENSION, sound_name
+from ivr.services import SERVICE_QUEUES
 from softphone_test import sipp
 
 LOOPBACK: Final = "127.0.0.1"
@@ -272,17 +276,53 @@ def guichet_command(python: str = sys.executable) -> list[str]:
     return [python, "-m", "guichet.cli"]
 
 
+@dataclass(frozen=True)
+class AsteriskInstall:
+    """Where the Asterisk 22 under test keeps its modules and data (sounds, documentation, music)."""
+
+    binary: Path
+    modules_dir: Path
+    data_dir: Path
+
+    @classmethod
+    def of(cls, binary: Path, environ: Mapping[str, str] | None = None) -> AsteriskInstall:
+        """From ``ASTERISK_MODULES_DIR`` / ``ASTERISK_DATA_DIR``, else beside ``<prefix>/sbin/asterisk``:
+        ``<prefix>/lib/asterisk/modules`` and ``<prefix>/var/lib/asterisk`` (``/var/lib/asterisk`` for
+        the ``/usr`` prefix)."""
+        environ = os.environ if environ is None else environ
+        prefix = binary.parent.parent
+        var = Path("/var") if prefix == Path("/usr") else prefix / "var"
+        modules = environ.get("ASTERISK_MODULES_DIR") or str(prefix / "lib" / "asterisk" / "modules")
+        data = environ.get("ASTERISK_DATA_DIR") or str(var / "lib" / "asterisk")
+        return cls(binary, Path(modules), Path(data))
+
+
 def render_asterisk_config(
-    out_dir: Path, config: Path, ports: Ports, *, environ: Mapping[str, str], python: str = sys.executable
+    out_dir: Path,
+    config: Path,
+    ports: Ports,
+    *,
+    environ: Mapping[str, str],
+    install: AsteriskInstall | None = None,
+    sounds: bool = False,
+    python: str = sys.executable,
 ) -> Path:
-    """``guichet asterisk-config`` for this run's ports into ``out_dir``; the asterisk.conf path."""
+    """``guichet asterisk-config`` for this run's ports into ``out_dir``; the asterisk.conf path.
+
+    ``environ`` carries the secrets (AMI, agents' SIP passwords); ``sounds`` also builds the prompts.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         *guichet_command(python), "asterisk-config", "--config", str(config), "--out", str(out_dir),
         "--sip-port", str(ports.sip), "--ami-port", str(ports.ami),
         "--agi-url", f"agi://{LOOPBACK}:{ports.agi}",
     ]  # fmt: skip
-    done = subprocess.run(argv, env=dict(environ), capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
+    if install is not None:
+        argv += ["--modules-dir", str(install.modules_dir), "--data-dir", str(install.data_dir)]
+    if sounds:
+        argv.append("--sounds")
+    done = subprocess.run(argv, env=dict(environ), capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0 or "not rendered" in done.stderr:
         raise HarnessError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     conf = out_dir / "asterisk.conf"
     if not conf.is_file():
@@ -403,6 +443,31 @@ def write_engine_files(
     for agent in agents:
         environ[agent.secret_variable] = agent.sip_password
     return EngineFiles(config, users_file, menus_dir, environ, supervisor_password)
+
+
+def before_first_menu_ms(menus_dir: Path, sounds_dir: Path, tree: str = "guichet") -> int:
+    """How long the prompts said before the first menu of ``tree`` last (the schedules are open).
+
+    Keys pressed then are lost (STREAM FILE without escape digits): the first menu key must come
+    later.  Reads the built prompts (``guichet asterisk-config --sounds``) under ``sounds_dir``.
+    """
+    menus = load_menus(menus_dir, SERVICE_QUEUES).tree(tree)
+    total_ms = 0
+    node = menus.node(menus.start)
+    for _ in range(len(menus.nodes)):
+        if isinstance(node, HoursNode):
+            node = menus.node(node.open)
+        elif isinstance(node, PromptNode):
+            path = sounds_dir / f"{sound_name(node.prompt)}{SOUND_EXTENSION}"
+            try:
+                with wave.open(str(path)) as sound:
+                    total_ms += sound.getnframes() * 1000 // sound.getframerate()
+            except (OSError, wave.Error) as exc:
+                raise HarnessError(f"prompt {node.name}: cannot read {path}: {exc}") from exc
+            node = menus.node(node.next)
+        else:
+            return total_ms
+    raise HarnessError(f"menu tree {tree}: no menu reached from {menus.start}")
 
 
 class EngineApi:

@@ -252,9 +252,9 @@ FAKE_GUICHET = """#!{python}
 import json, pathlib, sys
 args = sys.argv[1:]
 pathlib.Path({record!r}).write_text(json.dumps(args))
-if "--sip-port" not in args:
-    print("asterisk-config: unknown option", file=sys.stderr)
-    sys.exit(2)
+if "broken" in args[args.index("--config") + 1]:
+    print("guichet asterisk-config: [agents.x] bad", file=sys.stderr)
+    sys.exit(1)
 out = pathlib.Path(args[args.index("--out") + 1])
 out.mkdir(parents=True, exist_ok=True)
 (out / "asterisk.conf").write_text("[directories]\\n")
@@ -281,6 +281,65 @@ def test_render_asterisk_config_passes_the_runs_ports(tmp_path: Path) -> None:
         "--ami-port": "5138",
         "--agi-url": "agi://127.0.0.1:4673",
     }
+    install = harness.AsteriskInstall.of(Path("/opt/ast22/sbin/asterisk"), {})
+    harness.render_asterisk_config(
+        tmp_path / "out2",
+        tmp_path / "g.toml",
+        ports,
+        environ={},
+        install=install,
+        sounds=True,
+        python=str(python),
+    )
+    args = json.loads(record.read_text())
+    assert args[-5:] == [
+        "--modules-dir",
+        "/opt/ast22/lib/asterisk/modules",
+        "--data-dir",
+        "/opt/ast22/var/lib/asterisk",
+        "--sounds",
+    ]
+
+
+def test_a_failed_rendering_says_why(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text(
+        FAKE_GUICHET.format(python=sys.executable, record=str(tmp_path / "a.json")), encoding="utf-8"
+    )
+    python.chmod(0o755)
+    with pytest.raises(HarnessError, match=r"failed \(1\):\nguichet asterisk-config: \[agents.x\] bad"):
+        harness.render_asterisk_config(
+            tmp_path / "out", tmp_path / "broken.toml", Ports.pick(), environ={}, python=str(python)
+        )
+
+
+def test_the_real_rendering_uses_the_runs_ports_and_secrets(tmp_path: Path) -> None:
+    ports = Ports.pick()
+    agent = AgentAccount("agent1", ("apa", "accueil"), "mot-de-passe-sip")
+    files = harness.write_engine_files(tmp_path / "engine", ports, [agent])
+    conf = harness.render_asterisk_config(tmp_path / "asterisk", files.config, ports, environ=files.environ)
+    folder = conf.parent
+    assert f"astetcdir => {folder}" in conf.read_text()
+    assert f"bind = 127.0.0.1:{ports.sip}" in (folder / "pjsip.conf").read_text()
+    assert "[agent1]" in (folder / "pjsip.conf").read_text()
+    assert f"port = {ports.ami}" in (folder / "manager.conf").read_text()
+    assert f"AGI(agi://127.0.0.1:{ports.agi}/ivr)" in (folder / "extensions.conf").read_text()
+    secret = folder / "secrets" / "pjsip.conf"
+    assert "password = mot-de-passe-sip" in secret.read_text()
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert files.environ["GUICHET_AMI_SECRET"] in (folder / "secrets" / "manager.conf").read_text()
+
+
+def test_asterisk_install_folders() -> None:
+    debian = harness.AsteriskInstall.of(Path("/usr/sbin/asterisk"), {})
+    assert (debian.modules_dir, debian.data_dir) == (
+        Path("/usr/lib/asterisk/modules"),
+        Path("/var/lib/asterisk"),
+    )
+    chosen = harness.AsteriskInstall.of(
+        Path("/opt/a/sbin/asterisk"), {"ASTERISK_MODULES_DIR": "/m", "ASTERISK_DATA_DIR": "/d"}
+    )
+    assert (chosen.modules_dir, chosen.data_dir) == (Path("/m"), Path("/d"))
 
 
 # --- the engine's files ------------------------------------------------------------------------------
@@ -329,6 +388,28 @@ def test_the_menus_copy_is_open_at_any_hour_and_on_holidays(tmp_path: Path) -> N
         assert is_open(schedule, christmas_night), name
         assert is_open(schedule, sunday_evening), name
         assert schedule.label == original[name].label
+
+
+def test_the_first_menu_key_waits_for_the_prompts_before_the_menu(tmp_path: Path) -> None:
+    import wave
+
+    from ivr.menus import PromptNode, load_menus
+    from ivr.prompt_names import sound_name
+    from ivr.services import SERVICE_QUEUES
+
+    tree = load_menus(harness.MENUS, SERVICE_QUEUES).tree("guichet")
+    welcome = tree.node(tree.start)
+    assert isinstance(welcome, PromptNode)
+    with pytest.raises(HarnessError, match=f"prompt {welcome.name}: cannot read"):
+        harness.before_first_menu_ms(harness.MENUS, tmp_path)
+    path = tmp_path / f"{sound_name(welcome.prompt)}.wav"
+    path.parent.mkdir(parents=True)
+    with wave.open(str(path), "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(8000)
+        sound.writeframes(b"\0\0" * 8000 * 7)  # 7 s
+    assert harness.before_first_menu_ms(harness.MENUS, tmp_path) == 7000
 
 
 # --- the engine's API (a stand-in HTTP server on loopback) ----------------------------------------
