@@ -122,12 +122,12 @@ async def json_only_middleware(
 
 async def _body(request: web.Request) -> dict[str, Any]:
     """The JSON object sent (an empty body is an empty object); 400 otherwise."""
-    text = await request.text()
-    if not text.strip():
+    raw = await request.read()
+    if not raw.strip():
         return {}
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = json.loads(raw)  # UTF-8 (or -16/-32 with a BOM), as RFC 8259 allows
+    except ValueError:  # also invalid UTF-8
         raise ApiError(400, "bad_request", "Corps JSON invalide.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "Le corps doit être un objet JSON.")

@@ -383,7 +383,7 @@ async def test_errors_bad_input_not_logged_in_and_asterisk_refusals(api: Api) ->
         status, body, _ = await api.call("POST", pause, token=chef, body=bad)
         assert status == 400 and body["error"] in ("bad_request", "bad_reason"), bad
         assert body["message"]
-    for raw in ("{pas du json", "[1, 2]", '"texte"'):
+    for raw in ("{pas du json", "[1, 2]", '"texte"', b'{"reason": "\xff\xfe"}'):
         status, body, _ = await api.call(
             "POST", pause, token=chef, data=raw, headers={"Content-Type": "application/json"}
         )
