@@ -44,6 +44,7 @@ from guichet.names import (
     H_CHANNEL,
     H_VALUE,
     H_VARIABLE,
+    QUEUE_PRIO,
 )
 from ivr.agi_server import FastAgiServer, RouteTable
 from ivr.callers import CitizenDirectory, InMemoryDirectory
@@ -55,10 +56,12 @@ from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
 from ivr.speech import Recogniser, SpeechModelError, VoskRecogniser
 from ivr.urgency import UrgencyConfigError, parse_rules
+from routing.aging import AgingPolicy, AgingTicker
 from routing.ami import AmiMessage
 from routing.ami_client import AmiClient, EventCallback
 from routing.errors import AmiActionError, AmiConnectionLost, AmiError, AmiTimeout
 from routing.live import Change, LiveModel
+from routing.live import WaitingCaller as LiveCaller
 from routing.mirror import StoreMirror
 from routing.state import MemoryStateStore, StateStore
 from routing.state_redis import RedisStateStore
@@ -68,13 +71,15 @@ logger = logging.getLogger(__name__)
 MENUS_DIR: Final = Path(__file__).resolve().parents[1] / "dialplans"
 HOURS_FILE: Final = "settings/hours.yaml"
 URGENCY_FILE: Final = "settings/urgency.yaml"
-# What a resync reads with Getvar for each caller first seen in a snapshot (5 actions at most).
+# What a resync reads with Getvar for each caller first seen in a snapshot (6 actions at most); QUEUE_PRIO
+# is the priority the caller joined with, the base of aging (QueueStatus gives the aged one).
 RESYNC_VARIABLES: Final = (
     GUICHET_QUEUE,
     GUICHET_URGENCY,
     GUICHET_CITIZEN_ID,
     GUICHET_CONTACT_ID,
     GUICHET_REASON,
+    QUEUE_PRIO,
 )
 AMI_LEASE: Final = "ami"  # the lease whose holder consumes AMI and runs the tickers
 MIRROR_REFRESH_S: Final = 1.0  # the store is refreshed at least this often (a wrap-up ends without an event)
@@ -233,8 +238,10 @@ class Engine:
         self.store = store if store is not None else make_store(settings)
         self._owns_store = store is None
         self.node = node_name(settings)
-        self.mirror = StoreMirror(self.live, self.store)
+        self.mirror = StoreMirror(self.live, self.store, priority_reason=self._priority_reason)
         self._clock = clock
+        self.aging_policy = AgingPolicy.from_settings(settings)
+        self._aging: AgingTicker | None = None
         self.agi = FastAgiServer(
             routes or build_routes(default_menu_engine_of(settings)),
             host=settings.agi.host,
@@ -253,6 +260,7 @@ class Engine:
         self._leading: list[asyncio.Task[None]] = []  # the mirror and the duties, while leading
         self._stop_duties = asyncio.Event()
         self._lead_task: asyncio.Task[None] | None = None
+        self.add_duty("aging", self._run_aging)
 
     def subscribe(self, event: str, callback: EventCallback) -> None:
         """Deliver AMI events named ``event`` (or ``*``) to ``callback``, from the first login on."""
@@ -342,6 +350,18 @@ class Engine:
             asyncio.create_task(self._run_duty(name, duty, ami), name=name) for name, duty in self._duties
         ]
 
+    async def _run_aging(self, ami: AmiClient, stop: asyncio.Event) -> None:
+        self._aging = AgingTicker(ami, self.live, self.aging_policy, self._clock)
+        await self._aging.run(self.settings.routing.aging_interval_s, stop, on_changes=self._note_changes)
+
+    def _priority_reason(self, caller: LiveCaller) -> str:
+        score = self._aging.scores().get(caller.uniqueid) if self._aging is not None else None
+        return score.explanation if score is not None else ""
+
+    def _note_changes(self, changes: list[Change]) -> None:
+        self._changes += changes
+        self._dirty.set()
+
     async def _run_duty(self, name: str, duty: Duty, ami: AmiClient) -> None:
         try:
             await duty(ami, self._stop_duties)
@@ -383,8 +403,7 @@ class Engine:
     def _apply_event(self, event: AmiMessage) -> None:
         changes = self.live.apply(event, self._clock())
         if changes:
-            self._changes += changes
-            self._dirty.set()
+            self._note_changes(changes)
 
     async def _resync(self, ami: AmiClient) -> None:
         """Rebuild the live model from a snapshot, then read the IVR variables it cannot carry.
@@ -396,8 +415,7 @@ class Engine:
         try:
             status = await ami.send_action("QueueStatus")
             channels = await ami.send_action("CoreShowChannels")
-            self._changes += self.live.rebuild(status.events, channels.events, self._clock())
-            self._dirty.set()
+            self._note_changes(self.live.rebuild(status.events, channels.events, self._clock()))
         except AmiConnectionLost:
             raise
         except (AmiError, ValueError) as exc:
@@ -420,8 +438,7 @@ class Engine:
             value = reply.response.get(H_VALUE)
             if value:
                 variables[name] = value
-        self._changes += self.live.note_variables(channel, variables)
-        self._dirty.set()
+        self._note_changes(self.live.note_variables(channel, variables))
 
     async def close(self) -> None:
         try:

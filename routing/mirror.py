@@ -70,7 +70,7 @@ def _stored(snapshot: Snapshot) -> dict[_Key, _Record]:
 class StoreMirror:
     """Writes the live model's differences into ``store`` (see the module's docstring).
 
-    ``priority_reason(channel)`` gives the explanation of a waiting caller's priority (aging's), if any.
+    ``priority_reason(caller)`` gives the explanation of a waiting caller's priority (aging's), if any.
     """
 
     def __init__(
@@ -78,7 +78,7 @@ class StoreMirror:
         live: LiveModel,
         store: StateStore,
         *,
-        priority_reason: Callable[[str], str] = lambda channel: "",
+        priority_reason: Callable[[LiveCaller], str] = lambda caller: "",
     ) -> None:
         self._live = live
         self._store = store
@@ -113,7 +113,7 @@ class StoreMirror:
         wanted: dict[_Key, _Record] = {}
         for queue in self._live.queue_names():
             for caller in self._live.callers(queue):
-                reason = self._priority_reason(caller.channel)
+                reason = self._priority_reason(caller)
                 wanted["caller", caller.uniqueid] = caller_record(queue, caller, reason)
         for agent in self._live.agents(now):
             wanted["agent", agent.interface] = self._agent_record(agent, now)

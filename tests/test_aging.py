@@ -363,15 +363,15 @@ async def test_a_new_leader_ages_from_queue_prio_not_from_the_aged_priority(rig:
     assert (aged.base, rig.sim_priority(urgent)) == (20, aged.priority)
     assert aged.priority > 30
     # another node takes over: its live model comes from QueueStatus (the aged priority) and Getvar
-    leader, ami, ticker = await start_engine(rig.pbx)
+    leader, _ami, ticker = await start_engine(rig.pbx)
     try:
         (seen,) = leader.live.callers(QUEUE)
         assert seen.priority == aged.priority
-        assert leader.live.queue_prio(urgent.channel.name) is None
+        # the engine's resync read QUEUE_PRIO with Getvar: QueueChangePriorityCaller left it as is
+        assert leader.live.queue_prio(urgent.channel.name) == 20
         await ticker.tick()
         again = ticker.scores()[urgent.channel.uniqueid]
-        assert again.base == 20  # read with Getvar QUEUE_PRIO: QueueChangePriorityCaller left it as is
-        assert ("Getvar", {"Channel": urgent.channel.name, "Variable": "QUEUE_PRIO"}) in ami.sent
+        assert again.base == 20
         assert again.priority == max(aged.priority, 20 + again.bonus)
         assert rig.sim_priority(urgent) == again.priority
     finally:

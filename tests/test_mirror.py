@@ -49,7 +49,7 @@ def member(status: str = "1", paused: str = "0", reason: str = "") -> AmiMessage
 
 async def test_the_store_follows_the_model_and_each_sync_is_published() -> None:
     model, store = LiveModel(), MemoryStateStore()
-    mirror = StoreMirror(model, store, priority_reason=lambda channel: f"raison de {channel}")
+    mirror = StoreMirror(model, store, priority_reason=lambda caller: f"raison de {caller.channel}")
     updates = await store.subscribe(LIVE_CHANNEL)
     join(model, "PJSIP/c-1", "1.1", 1, T0, prio="10")
     model.apply(
