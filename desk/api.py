@@ -338,6 +338,8 @@ def _callback(callback: QueuedCallback) -> dict[str, Any]:
         "outcomes": [o.value for o in callback.outcomes],
         "next_attempt_at": callback.next_attempt_at,
         "merged": callback.merged,
+        "agent": callback.agent,
+        "agent_answered_at": callback.agent_answered_at,
         "number": request.number,
         "queue": request.queue,
         "priority": request.priority,

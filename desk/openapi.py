@@ -152,6 +152,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "outcomes": {"type": "array", "items": _STR},
             "next_attempt_at": _nullable("number"),
             "merged": _INT,
+            "agent": {**_nullable("string"), "description": "while dialing: the agent's interface rung"},
+            "agent_answered_at": {**_nullable("number"), "description": "while dialing: epoch seconds"},
             "number": _STR,
             "queue": _STR,
             "priority": _INT,

@@ -37,9 +37,12 @@ from desk.auth import (
 )
 from desk.openapi import OPENAPI_PATH
 from guichet import cli
-from guichet.config import ConfigError, HttpSettings
+from guichet.config import ConfigError, HttpSettings, Settings
+from routing.agents import CurrentAmi
 from routing.callbacks import CallbackOutcome, QueuedCallback, QueuedCallbackRequest
-from routing.state import AgentState, CallInProgress, MemoryStateStore, WaitingCaller
+from routing.state import AgentState, CallInProgress, MemoryStateStore, StateStore, WaitingCaller
+from routing.state_redis import RedisStateStore
+from tests.redis_server import RedisServer
 from tests.test_agents import AGENTS, Rig, open_rig, settings_with
 
 NOW = 1_800_000_000.0
@@ -86,8 +89,8 @@ def users() -> UserBook:
     )
 
 
-async def filled_store() -> MemoryStateStore:
-    store = MemoryStateStore()
+async def filled_store(store: StateStore | None = None) -> StateStore:
+    store = store if store is not None else MemoryStateStore()
     for uniqueid, priority, joined, name in (
         ("1.1", 0, NOW - 300, "Ancien"),
         ("1.2", 20, NOW - 60, TRICKY_NAME),
@@ -338,6 +341,7 @@ async def test_callbacks_list(api: Api) -> None:
     assert callback["caller_name"] == TRICKY_NAME
     assert (callback["number"], callback["queue"], callback["state"]) == ("+33612345678", "mdph", "waiting")
     assert (callback["outcomes"], callback["next_attempt_at"]) == (["no_answer"], NOW + 600)
+    assert (callback["agent"], callback["agent_answered_at"]) == (None, None)
 
 
 async def test_an_agent_acts_on_its_own_agent_only(api: Api) -> None:
@@ -588,3 +592,57 @@ async def test_an_unexpected_failure_is_a_json_500_without_details(
     assert (status, body["error"]) == (500, "internal")
     assert "hunter2" not in json.dumps(body)
     assert "GET /api/callbacks failed" in caplog.text
+
+
+async def test_two_engine_nodes_on_one_redis_serve_the_same_data_and_accept_the_same_sessions(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    users_file = tmp_path / "users.toml"
+    add_user(users_file, "chef", "supervisor", None, PASSWORDS["chef"])
+    settings = Settings(http=HttpSettings(users_file=str(users_file)), agents=settings_with(AGENTS).agents)
+    environ = {SESSION_KEY_ENV: "une clé partagée par tous les nœuds !"}
+    prefix = f"test-{os.urandom(6).hex()}:"
+    stores = [RedisStateStore.from_url(redis_server.url, prefix=prefix) for _ in range(2)]
+    runners = []
+    clock = Clock()
+    try:
+        await filled_store(stores[0])
+        async with open_rig() as rig:
+            # Node 0 holds the AMI lease; node 1 stands by (no AMI client).
+            for store, ami in zip(stores, (rig.ami, None), strict=True):
+                app = build_app_from_settings(
+                    settings,
+                    store=store,
+                    ami=CurrentAmi(lambda ami=ami: ami),
+                    callbacks=Keeper(),
+                    clock=clock,
+                    environ=environ,
+                )
+                runners.append(await start_http(app, "127.0.0.1", 0))
+            bases = [f"http://127.0.0.1:{bound_port(r)}" for r in runners]
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+                login = {"login": "chef", "password": PASSWORDS["chef"]}
+                async with http.post(bases[0] + "/api/session", json=login) as response:
+                    assert response.status == 200
+                    cookie = {"Cookie": f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"}
+                lives = []
+                for base in bases:
+                    async with http.get(base + "/api/live", headers=cookie) as response:
+                        assert response.status == 200
+                        lives.append(await response.json())
+                assert lives[0] == lives[1]
+                [apa] = [q for q in lives[1]["queues"] if q["name"] == "apa"]
+                assert [c["caller_name"] for c in apa["waiting"]][1] == TRICKY_NAME
+                statuses = []
+                for base in bases:
+                    async with http.post(
+                        base + "/api/agents/agent-101/login", json={}, headers=cookie
+                    ) as response:
+                        statuses.append(response.status)
+                assert statuses == [200, 503]
+                assert rig.members("apa") == {"PJSIP/agent-101": False}
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        for store in stores:
+            await store.close()
