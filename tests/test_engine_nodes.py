@@ -82,7 +82,7 @@ async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cl
             f'loop = "asyncio"\n[agi]\nport = {agi_ports[name]}\n[ami]\nport = {sim.ami_port}\n'
             f'[ivr]\nmenus_dir = "{menus}"\n'
             f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\nprefix = "{prefix}"\n'
-            f'node = "{name}"\nlease_ttl_s = {LEASE_TTL_S}\n',
+            f'node = "{name}"\nlease_ttl_s = {LEASE_TTL_S}\n[routing]\naging_interval_s = 0.2\n',
             encoding="utf-8",
         )
         node = Node(name, agi_ports[name], await start_serve(config, SECRET))
@@ -135,6 +135,12 @@ async def test_two_nodes_one_ami_consumer_one_model_and_a_handover(cluster: Clus
     assert waiting.urgency == "normal"  # set by node B's IVR, read by node A from AMI
     agent = await store.get_agent("PJSIP/a101")
     assert agent is not None and agent.state == "available"
+
+    async def explained() -> bool:  # aging runs on node A and its explanation reaches every node
+        (record,) = await store.waiting("accueil")
+        return "pour" in record.priority_reason and "attente" in record.priority_reason
+
+    await until(explained, "the waiting caller's priority is explained to supervisors")
 
     # Kill -9 the AMI consumer: node B takes the lease over, logs in and resyncs the same model.
     node_a.process.kill()
