@@ -176,6 +176,13 @@ async def test_nobody_confirms_continue_hangs_up_the_citizen_before_any_bridge(
     assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == [("ANSWER", "cb-7", "0")]
 
 
+async def test_abort_hangs_up_both_legs(responders: list[RouteResponder]) -> None:
+    leg = await callback_leg(responders, [f"SET VARIABLE {GOSUB_RESULT} ABORT"], Callee())
+    assert leg.events("BridgeEnter") == []
+    assert leg.agi.args_of(ROUTE_CALLBACK_CONFIRM) == [("cb-7",)]
+    assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == []  # the agent's leg never reached the next step
+
+
 @pytest.mark.parametrize(
     ("result", "status"),
     [
