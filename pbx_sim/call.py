@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 _FUNCTION = re.compile(r"^([A-Z_]+)\((.*)\)$")
 _MASTER_CHANNEL = re.compile(r"^MASTER_CHANNEL\((.+)\)$")
 _GOSUB_OPTION = re.compile(r"U\(([^()]*)\)")
+_GOSUB_RESULTS = frozenset({"ABORT", "CONTINUE", "BUSY", "CONGESTION", "CHANUNAVAIL"})
 DTMF_DURATION_MS = 280  # RFC 2833 digits of the recordings (SIPp's dtmf_2833 pcaps)
 # Dial() to a number no test scripted: it answers after ringing 3 s and hangs up after 20 s.
 DEFAULT_CALLEE = Callee()
@@ -369,13 +370,16 @@ class Call:
 
     # --- Dial() -------------------------------------------------------------------------
     async def _dial(self, data: str) -> None:
-        """Dial(PJSIP/<number>@<endpoint>[,<ring s>[,U(context^exten^priority[^arg...])]]).
+        """Dial(PJSIP/<number>@<endpoint>[,<ring s>[,<options>]]) with options ``g`` and
+        ``U(context[^arg...])``, as app_dial.c does them.
 
         The callee behaves as the PBX's :class:`~pbx_sim.scenario.Callee` for ``number`` says.  Once it
-        answered, the U() subroutine runs on its channel: GOSUB_RESULT ``ABORT`` hangs up both legs,
-        ``CONTINUE`` hangs up the callee and the caller goes on (DIALSTATUS=ANSWER), ``BUSY`` /
-        ``CONGESTION`` end the dial with that status; otherwise the two are bridged.  Events as recorded:
-        DIALSTATUS / ANSWEREDTIME / DIALEDTIME emptied, DialBegin, DialState RINGING, DialEnd.
+        answered (DIALSTATUS=ANSWER), the U() subroutine runs on its channel from ``s`` priority 1 with
+        ARG1.. set; then GOSUB_RESULT ``ABORT`` hangs up both legs, ``CONTINUE`` hangs up the callee and
+        the caller goes on, ``BUSY`` / ``CONGESTION`` / ``CHANUNAVAIL`` also set DIALSTATUS; unset, the
+        two are bridged, and when the callee ends the bridge the caller goes on only with ``g`` (Dial()
+        returns -1 otherwise).  Events as recorded: DIALSTATUS / ANSWEREDTIME / DIALEDTIME emptied,
+        DialBegin, DialState RINGING, DialEnd (after the subroutine: its GOSUB_RESULT, else ANSWER).
         """
         target, _, rest = data.partition(",")
         timeout, _, options = rest.partition(",")
@@ -407,24 +411,30 @@ class Call:
         dest.state = ChannelState.UP
         pbx.emit(dest.event("Newstate", "call,all"))
         self.set_var(DIALSTATUS, "ANSWER")
-        self.emit("DialEnd", "call,all", ("DialStatus", "ANSWER"), dest=dest)
         self.outcome.transferred_to = number
         answered = pbx.clock.now()
         leg = Call(pbx, callee_script(callee, dest, number), dest, self.thread_id, device_end=None)
         gosub = _GOSUB_OPTION.search(options)
         result = await self._predial_gosub(leg, gosub.group(1)) if gosub is not None else ""
-        if result == "" and not self.hung_up and not leg.hung_up:
-            await self._bridge(dest, leg, callee.talk_s)
-        elif result == "ABORT":
-            self.request_hangup(soft=True)
+        if result not in _GOSUB_RESULTS:  # unset (or not one Dial acts on): the two are bridged
+            result = ""
+        self.emit("DialEnd", "call,all", ("DialStatus", result or "ANSWER"), dest=dest)
+        status = result if result in ("BUSY", "CONGESTION", "CHANUNAVAIL") else "ANSWER"
+        go_on = result not in ("", "ABORT")
+        if result == "" and not self.hung_up:
+            if not leg.hung_up:
+                await self._bridge(dest, leg, callee.talk_s)
+            go_on = "g" in _GOSUB_OPTION.sub("", options)  # the callee hung up: go on only with g
         ended = pbx.clock.now()
-        status = result if result in ("BUSY", "CONGESTION") else "ANSWER"
         self.set_var("ANSWEREDTIME", str(int(ended - answered)))
         self.set_var("DIALEDTIME", str(int(ended - started)))
         self.set_var(DIALSTATUS, status)
         self.outcome.dialstatus = status
         pbx.emit(dest.event("Hangup", "call,all", ("Cause", "16"), ("Cause-txt", "Normal Clearing")))
         dest.hung_up = True
+        if not go_on and not self.hung_up:  # Dial() returns -1: the caller is hung up
+            self._normal_clearing = True
+            self.request_hangup(soft=True)
 
     def _dial_over(
         self, dest: Channel, status: str, started: float, cause: tuple[str, str] = ("0", "Unknown")
@@ -438,12 +448,10 @@ class Call:
         self.outcome.dialstatus = status
 
     async def _predial_gosub(self, leg: Call, spec: str) -> str:
-        """Dial's U(context^exten^priority[^args]) on the answered callee; its GOSUB_RESULT (upper case)."""
-        parts = spec.split("^")
-        if len(parts) < 3:
-            raise ValueError(f"Dial U() option needs context^exten^priority here, got {spec!r}")
-        context, exten, priority, *args = parts
-        routine = asyncio.ensure_future(leg.gosub(context, exten, int(priority), args))
+        """Dial's U(context[^arg...]) on the answered callee, from ``s`` priority 1 of ``context`` (as
+        app_dial does); its GOSUB_RESULT in upper case ("" when unset)."""
+        context, *args = spec.split("^")
+        routine = asyncio.ensure_future(leg.gosub(context, "s", 1, args))
         caller_gone = asyncio.ensure_future(self.hangup_event.wait())
         await asyncio.wait([routine, caller_gone], return_when=asyncio.FIRST_COMPLETED)
         if not routine.done():  # the caller hung up: Asterisk hangs the callee up too

@@ -37,7 +37,7 @@ the call; an AGI that fails leaves its variables unset and the next step runs)::
     Hangup()
 
     [callback-dial]                        ; Originate enters here once the AGENT answered
-    s => Dial(PJSIP/${GUICHET_CALLBACK_NUMBER}@<trunk>,<ring>,U(callback-confirm^s^1^${GUICHET_CALLBACK_ID}))
+    s => Dial(PJSIP/${GUICHET_CALLBACK_NUMBER}@<trunk>,<ring>,gU(callback-confirm^${GUICHET_CALLBACK_ID}))
     AGI(agi://host:port/callback-result,${DIALSTATUS},${GUICHET_CALLBACK_ID},${GUICHET_CALLBACK_CONFIRMED})
     Hangup()
 
@@ -46,11 +46,13 @@ the call; an AGI that fails leaves its variables unset and the next step runs)::
     Set(MASTER_CHANNEL(GUICHET_CALLBACK_CONFIRMED)=${GUICHET_CALLBACK_CONFIRMED})  ; the agent's leg
     Return()
 
-Dial's U() option runs the subroutine on the called channel once it answered and before the bridge;
-GOSUB_RESULT ABORT hangs up both legs, CONTINUE hangs up the callee and the caller goes on with
-DIALSTATUS=ANSWER, unset bridges them.  MASTER_CHANNEL() is the channel named by the linkedid: the
-originated agent leg.  An engine down on the callback legs leaves the citizen bridged to the agent
-unconfirmed, never dropped.
+Dial's ``U(context^arg...)`` runs ``s`` priority 1 of that context on the called channel once it
+answered and before the bridge (app_dial.c: "The subroutine execution starts in the named context at
+the s exten and priority 1"), the arguments as ARG1...; GOSUB_RESULT ABORT hangs up both legs,
+CONTINUE hangs up the callee and the caller goes on with DIALSTATUS=ANSWER, unset bridges them.
+``g`` lets the agent's leg go on to callback-result when the citizen hangs up (even during the
+subroutine).  MASTER_CHANNEL() is the channel named by the linkedid: the originated agent leg.  An
+engine down on the callback legs leaves the citizen bridged to the agent unconfirmed, never dropped.
 """
 
 from __future__ import annotations
@@ -211,10 +213,10 @@ def inbound_dialplan(
         *(() if requeue else (general,)),
         Step("Hangup"),
     )
-    confirm = f"{CALLBACK_CONFIRM_CONTEXT}^{CALLBACK_EXTEN}^1^${{{GUICHET_CALLBACK_ID}}}"
+    confirm = f"{CALLBACK_CONFIRM_CONTEXT}^${{{GUICHET_CALLBACK_ID}}}"  # at s,1 of the context
     outcome = f"${{{DIALSTATUS}}},${{{GUICHET_CALLBACK_ID}}},${{{GUICHET_CALLBACK_CONFIRMED}}}"
     callback_dial = (
-        Step("Dial", f"PJSIP/${{{GUICHET_CALLBACK_NUMBER}}}@{trunk},{callback_ring_s},U({confirm})"),
+        Step("Dial", f"PJSIP/${{{GUICHET_CALLBACK_NUMBER}}}@{trunk},{callback_ring_s},gU({confirm})"),
         Step("AGI", f"{agi_url}/{ROUTE_CALLBACK_RESULT},{outcome}"),
         Step("Hangup"),
     )
@@ -231,6 +233,6 @@ def inbound_dialplan(
             INBOUND_CONTEXT: {"_X.": inbound},
             QUEUE_EXIT_CONTEXT: {"_X": back_in_queue},
             CALLBACK_DIAL_CONTEXT: {CALLBACK_EXTEN: callback_dial},
-            CALLBACK_CONFIRM_CONTEXT: {CALLBACK_EXTEN: callback_confirm},
+            CALLBACK_CONFIRM_CONTEXT: {"s": callback_confirm},  # Dial U() always starts at s,1
         }
     )

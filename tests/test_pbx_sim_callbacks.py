@@ -173,7 +173,16 @@ async def test_nobody_confirms_continue_hangs_up_the_citizen_before_any_bridge(
     leg = await callback_leg(responders, CONFIRM_NOBODY, Callee(keys=()))
     assert leg.agi.replies[ROUTE_CALLBACK_CONFIRM][0] == b"200 result=0\n"  # no key: voicemail, nobody
     assert leg.events("BridgeEnter") == []
+    assert [e.get("DialStatus") for e in leg.events("DialEnd")] == ["CONTINUE"]  # app_dial publishes it
     assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == [("ANSWER", "cb-7", "0")]
+
+
+async def test_a_citizen_hanging_up_in_the_subroutine_lets_the_agent_leg_go_on_with_g(
+    responders: list[RouteResponder],
+) -> None:
+    leg = await callback_leg(responders, ["HANGUP"], Callee())
+    assert leg.events("BridgeEnter") == []
+    assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == [("ANSWER", "cb-7", "")]
 
 
 async def test_abort_hangs_up_both_legs(responders: list[RouteResponder]) -> None:

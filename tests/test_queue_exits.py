@@ -502,5 +502,9 @@ def test_offer_steps_and_priority() -> None:
 def test_route_names_in_the_dialplan_match() -> None:
     dialplan = inbound_dialplan("agi://h:1")
     (dial, result, _) = dialplan.contexts[CALLBACK_DIAL_CONTEXT][CALLBACK_EXTEN]
-    assert dial.data.startswith(f"PJSIP/${{{GUICHET_CALLBACK_NUMBER}}}@trunk,30,U(callback-confirm^s^1^")
+    # U(context^args): app_dial always starts the subroutine at s,1 of the context
+    assert dial.data == (
+        f"PJSIP/${{{GUICHET_CALLBACK_NUMBER}}}@trunk,30,gU(callback-confirm^${{{GUICHET_CALLBACK_ID}}})"
+    )
+    assert set(dialplan.contexts["callback-confirm"]) == {"s"}
     assert result.data.startswith(f"agi://h:1/{ROUTE_CALLBACK_RESULT},")
