@@ -123,6 +123,7 @@ class ManagedProcess:
 
     name: str
     argv: Sequence[str]
+    cwd: Path
     log_path: Path
     popen: subprocess.Popen[bytes]
     returncode: int | None = None
@@ -141,6 +142,13 @@ class ManagedProcess:
                 self.popen.kill()
                 self.popen.wait()
         self.returncode = self.popen.returncode
+        return self.returncode
+
+    def kill(self) -> int:
+        """SIGKILL now (a crash, as far as the others can tell); the exit code."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.returncode = self.popen.wait()
         return self.returncode
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
@@ -189,19 +197,30 @@ class Harness:
         if any(process.name == name for process in self.processes):
             raise HarnessError(f"a process named {name!r} was already started")
         log_path = self.run_dir / f"{name}.log"
+        folder = cwd or self.run_dir
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
-                list(argv), cwd=cwd or self.run_dir, env=dict(env) if env is not None else None,
+                list(argv), cwd=folder, env=dict(env) if env is not None else None,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        process = ManagedProcess(name, list(argv), log_path, popen)
+        process = ManagedProcess(name, list(argv), folder, log_path, popen)
         self.processes.append(process)
         self._stack.callback(process.stop, grace_s)
         return process
 
-    def start_sipp(self, spec: sipp.SippSpec) -> ManagedProcess:
-        """Start a SIPp process of this run (its traces are in the run folder)."""
-        return self.start(spec.name, spec.prepare(self.run_dir))
+    def sipp_folder(self, name: str, keys: sipp.CitizenKeys | None = None) -> Path:
+        """A folder of this run with the scenarios (and a citizen's key pcaps): one per citizen, as the
+        pcaps' names are fixed."""
+        folder = sipp.prepare_run_dir(self.run_dir / name)
+        if keys is not None:
+            keys.write(folder)
+        return folder
+
+    def start_sipp(self, spec: sipp.SippSpec, folder: Path | None = None) -> ManagedProcess:
+        """Start a SIPp process in ``folder`` (default: the run folder, prepared with sipp_folder or
+        prepare_run_dir); its traces are written there."""
+        folder = folder or self.run_dir
+        return self.start(spec.name, spec.prepare(folder), cwd=folder)
 
     def finish_sipp(self, spec: sipp.SippSpec, process: ManagedProcess) -> sipp.SippResult:
         """Wait for a SIPp process to end by itself (its -timeout bounds it); its result."""
@@ -209,7 +228,7 @@ class Harness:
             returncode = process.popen.wait(timeout=spec.timeout_s + sipp.SIPP_EXIT_MARGIN_S)
         except subprocess.TimeoutExpired:
             raise HarnessError(f"{spec.name}: SIPp did not stop after its -timeout") from None
-        return sipp.SippResult.collect(spec, self.run_dir, returncode)
+        return sipp.SippResult.collect(spec, process.cwd, returncode)
 
     def report(self) -> str:
         """Every process's command, state and log tail (for a failing test's report)."""
@@ -517,11 +536,16 @@ class EngineApi:
 
 
 def start_engine(
-    harness: Harness, files: EngineFiles, *, python: str = sys.executable, timeout_s: float = 60.0
+    harness: Harness,
+    files: EngineFiles,
+    *,
+    name: str = "guichet-serve",
+    python: str = sys.executable,
+    timeout_s: float = 60.0,
 ) -> tuple[ManagedProcess, EngineApi]:
     """``guichet serve`` on the run's config; once its API answers, a supervisor session on it."""
     argv = [*guichet_command(python), "serve", "--config", str(files.config)]
-    process = harness.start("guichet-serve", argv, env=files.environ, cwd=REPO)
+    process = harness.start(name, argv, env=files.environ, cwd=REPO)
     api = EngineApi(f"http://{LOOPBACK}:{_http_port(files.config)}")
     wait_until(api.answers, what="guichet serve's HTTP API", timeout_s=timeout_s, watch=[process])
     api.login(SUPERVISOR, files.supervisor_password)
@@ -559,6 +583,20 @@ def find_call(live: Mapping[str, Any], number_suffix: str) -> dict[str, Any] | N
         if str(call.get("caller_number", "")).endswith(number_suffix):
             return dict(call)
     return None
+
+
+def queue_counters(live: Mapping[str, Any], queue: str) -> dict[str, Any]:
+    """The live model's counters of ``queue`` (offered, answered, abandoned...) in the snapshot."""
+    for entry in live.get("queues", ()):
+        if entry.get("name") == queue:
+            counters = entry.get("counters")
+            if not isinstance(counters, dict):
+                raise HarnessError(
+                    f"GET /api/live shows no counters for queue {queue}: the API must carry the live "
+                    "model's QueueCounters as queues[].counters"
+                )
+            return dict(counters)
+    raise HarnessError(f"GET /api/live has no queue {queue}")
 
 
 def find_agent(live: Mapping[str, Any], agent_id: str) -> dict[str, Any] | None:

@@ -470,6 +470,96 @@ def test_engine_api_logs_in_then_reads_the_live_snapshot(fake_api: str) -> None:
     assert harness.find_caller(live, "699999999") is None
 
 
+FAKE_ENGINE = """#!{python}
+# Stands in for `python -m guichet.cli serve --config FILE`: the API of guichet serve on [http] port,
+# checking the supervisor's password against the users file with the engine's own hash.
+import json, sys, tomllib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from desk.auth import verify_password
+args = sys.argv[1:]
+assert args[:3] == ["-m", "guichet.cli", "serve"], args
+config = tomllib.load(open(args[args.index("--config") + 1], "rb"))
+if "GUICHET_AMI_SECRET" not in __import__("os").environ:
+    print("guichet: configuration error: no AMI secret", flush=True)
+    sys.exit(2)
+users = tomllib.load(open(config["http"]["users_file"], "rb"))["users"]
+class Api(BaseHTTPRequestHandler):
+    def _send(self, status, body, cookie=None):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = users.get(body["login"], {{}})
+        if user and verify_password(body["password"], user["password_hash"]):
+            self._send(200, {{"login": body["login"]}}, "s=ok; Path=/")
+        else:
+            self._send(401, {{"error": "bad_credentials"}})
+    def do_GET(self):
+        logged = "s=ok" in self.headers.get("Cookie", "")
+        self._send(200 if logged else 401, {{"queues": [], "agents": [], "calls": []}})
+print("serving", flush=True)
+HTTPServer(("127.0.0.1", config["http"]["port"]), Api).serve_forever()
+"""
+
+
+def _fake_engine(tmp_path: Path) -> str:
+    python = tmp_path / "engine-python"
+    python.write_text(FAKE_ENGINE.format(python=sys.executable), encoding="utf-8")
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_start_engine_waits_for_its_api_and_logs_in_as_the_supervisor(tmp_path: Path) -> None:
+    files = harness.write_engine_files(tmp_path / "engine", Ports.pick(), [])
+    with Harness(tmp_path / "run") as run:
+        process, api = harness.start_engine(run, files, python=_fake_engine(tmp_path))
+        assert api.live() == {"queues": [], "agents": [], "calls": []}  # the stand-in wants the session
+        assert process.alive
+    assert not process.alive
+
+
+def test_start_engine_reports_an_engine_that_stops(tmp_path: Path) -> None:
+    files = harness.write_engine_files(tmp_path / "engine", Ports.pick(), [], base_environ={})
+    environ = {k: v for k, v in files.environ.items() if k != "GUICHET_AMI_SECRET"}
+    broken = harness.EngineFiles(files.config, files.users_file, files.menus_dir, environ, "x")
+    with Harness(tmp_path / "run") as run, pytest.raises(HarnessError, match="no AMI secret"):
+        harness.start_engine(run, broken, python=_fake_engine(tmp_path))
+
+
+def test_queue_counters_are_read_or_their_absence_is_explained() -> None:
+    live = {"queues": [{"name": "apa", "counters": {"abandoned": 2}}, {"name": "pmi", "waiting": []}]}
+    assert harness.queue_counters(live, "apa") == {"abandoned": 2}
+    with pytest.raises(HarnessError, match="must carry the live model's QueueCounters"):
+        harness.queue_counters(live, "pmi")
+    with pytest.raises(HarnessError, match="no queue rsa"):
+        harness.queue_counters(live, "rsa")
+
+
+def test_each_citizen_gets_its_own_folder_of_pcaps(tmp_path: Path) -> None:
+    with Harness(tmp_path) as run:
+        first = run.sipp_folder("citizen-1", sipp.CitizenKeys(menu="11"))
+        second = run.sipp_folder("citizen-2", sipp.CitizenKeys(menu="0", queued="11"))
+    assert (first / "citizen.xml").is_file()
+    assert dtmf.decode_events([rtp for _, rtp in _rtp_packets(first / sipp.MENU_PCAP)]) == "11"
+    assert dtmf.decode_events([rtp for _, rtp in _rtp_packets(second / sipp.MENU_PCAP)]) == "0"
+    assert dtmf.decode_events([rtp for _, rtp in _rtp_packets(second / sipp.QUEUED_PCAP)]) == "11"
+    assert _rtp_packets(first / sipp.QUEUED_PCAP) == []
+
+
+def test_kill_is_a_crash(tmp_path: Path, stand_in: Path) -> None:
+    order = tmp_path / "order.txt"
+    with Harness(tmp_path / "run") as run:
+        engine = run.start("engine", [sys.executable, str(stand_in), "engine", str(order), "polite"])
+        _wait_for_log(engine, "started")
+        assert engine.kill() == -signal.SIGKILL
+    assert not order.exists()  # it had no chance to run its SIGTERM handler
+
+
 def test_engine_api_does_not_answer_when_nothing_listens() -> None:
     assert not EngineApi(f"http://127.0.0.1:{harness.free_tcp_port()}", timeout_s=2).answers()
 
