@@ -137,11 +137,12 @@ class Call:
         self.hangup_event.set()
 
     async def sleep(self, seconds: float) -> bool:
-        """Sleep simulated seconds; False when the channel hung up meanwhile."""
+        """Sleep simulated seconds (``math.inf``: until the hangup); False when the channel hung up."""
         if self.hung_up:
             return False
+        timeout = None if math.isinf(seconds) else self.pbx.clock.real_delay(seconds)
         try:
-            await asyncio.wait_for(self.hangup_event.wait(), self.pbx.clock.real_delay(seconds))
+            await asyncio.wait_for(self.hangup_event.wait(), timeout)
         except TimeoutError:
             return True
         return False

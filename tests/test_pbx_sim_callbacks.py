@@ -23,8 +23,18 @@ from guichet.names import (
     ROUTE_CALLBACK_CONFIRM,
     ROUTE_CALLBACK_RESULT,
 )
-from pbx_sim import Callee, CallerScript, KeyPress, QueueConfig, SimAgent, SimConfig, SimulatedPbx
-from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN, inbound_dialplan
+from pbx_sim import (
+    Callee,
+    CallerScript,
+    Dialplan,
+    KeyPress,
+    QueueConfig,
+    SimAgent,
+    SimConfig,
+    SimulatedPbx,
+    Step,
+)
+from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN, INBOUND_CONTEXT, inbound_dialplan
 from routing.ami import AmiMessage
 from tests.sim_fixtures import AmiReader, read_reply
 
@@ -234,3 +244,15 @@ async def test_epoch_is_the_simulated_time_when_the_caller_joins_the_queue() -> 
         await agi.stop()
     queued_at = int(handle.channel.variables[GUICHET_QUEUED_AT])
     assert epoch <= queued_at < epoch + 60
+
+
+async def test_a_dial_without_timeout_rings_until_the_caller_gives_up() -> None:
+    dial = (Step("Answer"), Step("Dial", f"PJSIP/{CITIZEN}@trunk"), Step("Hangup"))
+    config = SimConfig(
+        speed=SPEED,
+        dialplan=Dialplan({INBOUND_CONTEXT: {"_X.": dial}}),
+        callees={CITIZEN: Callee(result="noanswer")},
+    )
+    async with SimulatedPbx(config) as pbx:
+        outcome = await pbx.place_call(CallerScript("0612345678", hangup_after_s=40)).finished
+    assert outcome.dialstatus == "CANCEL" and outcome.transferred_to is None
