@@ -46,6 +46,7 @@ from ivr.callers import E164Number, normalise
 from ivr.hours import Schedule, is_open, next_opening
 from ivr.menu_engine import CallbackRequest, CallbackSink
 from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN
+from routing.aging import AgingPolicy
 from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.errors import AmiError
@@ -185,6 +186,19 @@ def checked_request(request: QueuedCallbackRequest, now: float) -> QueuedCallbac
     if not math.isfinite(request.joined_at) or request.joined_at > now:
         raise ValueError(f"callback join time {request.joined_at!r} is not a past epoch time")
     return replace(request, number=number)
+
+
+def aged_priority(policy: AgingPolicy) -> Callable[[QueuedCallbackRequest, float], int]:
+    """The keeper's ``priority_at`` with priority aging: a virtual caller scores as a real caller with
+    the same base priority (QUEUE_PRIO) and join time would (:meth:`AgingPolicy.score`)."""
+
+    def priority_at(request: QueuedCallbackRequest, now: float) -> int:
+        caller = WaitingCaller(
+            "", "", request.number, request.caller_name, request.joined_at, request.priority
+        )
+        return policy.score(caller, request.queue, now, base=request.priority).priority
+
+    return priority_at
 
 
 def _ahead(caller: WaitingCaller, priority: int, joined_at: float) -> bool:

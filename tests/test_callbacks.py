@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from pbx_sim import (
     inbound_dialplan,
 )
 from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, QUEUE_EXIT_CONTEXT
+from routing.aging import AgingPolicy
 from routing.ami import AmiMessage
 from routing.ami_client import AmiResponse
 from routing.callbacks import (
@@ -57,6 +57,7 @@ from routing.callbacks import (
     QueuedCallback,
     QueuedCallbackRequest,
     SharedCallbacks,
+    aged_priority,
     callback_duty,
     originate_headers,
 )
@@ -236,15 +237,11 @@ def test_a_virtual_caller_is_due_only_when_no_real_caller_is_ahead_of_it(
     assert dials(k, MONDAY_10, live) == ([(callback, "PJSIP/agent1")] if callback_due else [])
 
 
-def aged(request: QueuedCallbackRequest, now: float) -> int:
-    """Priority aging as routing.aging scores it: +10 per 30 s waited."""
-    return request.priority + math.floor(10 * (now - request.joined_at) / 30)
-
-
 def test_with_priority_aging_a_virtual_caller_ages_like_the_real_callers() -> None:
     live = one_agent()
     live.add_caller(QUEUE, MONDAY_10 - 180, priority=60)  # base 0, aged by the ticker after 180 s
-    unaged, aging = keeper(), keeper(priority_at=aged)
+    policy = AgingPolicy(points=10, targets={QUEUE: 30.0})  # +10 per 30 s waited
+    unaged, aging = keeper(), keeper(priority_at=aged_priority(policy))
     for k in (unaged, aging):
         k.hold(request(joined_at=MONDAY_10 - 240), MONDAY_10)  # base 0 too, waited longer
     assert dials(unaged, MONDAY_10, live) == []  # a frozen priority would lose its place
