@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("action", choices=["build"], help="build: synthesise every text (espeak-ng + sox)")
     build.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet prompts build --help`")
 
-    conf = commands.add_parser("asterisk-config", help="write asterisk_conf/ (extensions.conf, queues.conf)")
+    conf = commands.add_parser("asterisk-config", help="write a complete Asterisk 22 configuration")
     conf.add_argument("args", nargs=argparse.REMAINDER, help="see `guichet asterisk-config --help`")
 
     users = commands.add_parser("users", help="web users: `guichet users add LOGIN --role ROLE`")
