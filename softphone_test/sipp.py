@@ -85,6 +85,7 @@ class SippSpec:
     variables: Mapping[str, str] = field(default_factory=dict)
     injection: Sequence[str] = ()  # lines of the -inf file (first one: SEQUENTIAL)
     auto_answer: bool = False  # -aa: 200 to OPTIONS/INFO/NOTIFY/UPDATE (a qualifying registrar)
+    ooc_scenario: str | None = None  # -oocsf: runs the requests of dialogs this process did not start
     timeout_s: float = 120.0  # SIPp stops, failed, after this
 
     def argv(self, run_dir: Path) -> list[str]:
@@ -103,6 +104,8 @@ class SippSpec:
             args += ["-inf", str(self.injection_file(run_dir))]
         if self.auto_answer:
             args.append("-aa")
+        if self.ooc_scenario is not None:
+            args += ["-oocsf", str(run_dir / self.ooc_scenario)]
         base = run_dir / self.name
         args += [
             "-trace_stat",
@@ -167,20 +170,24 @@ def agent_answer(
     )  # fmt: skip
 
 
-def agent_register(
+def agent_softphone(
     name: str, *, local_port: int, media_port: int, remote: str, agent: str, password: str,
-    contact_port: int, registered_ms: int, timeout_s: float = 120.0,
+    registered_ms: int, end: str, hold_ms: int = 0, timeout_s: float = 120.0,
 ) -> SippSpec:  # fmt: skip
-    """``scenarios/agent_register.xml``: ``agent`` registers (Contact: the answering process on
-    ``contact_port``), refreshes after ``registered_ms``, unregisters after as long again."""
+    """An agent's softphone in one process: ``scenarios/agent_register.xml`` registers ``agent``
+    (refresh after ``registered_ms``, unregister after as long again) and ``agent_answer.xml`` answers
+    every call and OPTIONS sent to it (end=bye: hangs up after ``hold_ms``; end=wait: the caller does)."""
     for what, value in (("agent", agent), ("password", password)):
         if any(char in value for char in ";[]\n\r ="):
             raise SippError(f"{name}: the {what} cannot hold ';', '[', ']', '=', a space or a newline")
+    if end not in ("bye", "wait"):
+        raise SippError(f"{name}: end={end!r}: expected bye or wait")
     return SippSpec(
         name, "agent_register.xml", local_port, media_port, remote=remote,
-        keys={"contact_port": str(contact_port)}, variables={"registered_ms": str(registered_ms)},
+        keys={"rtp_port": str(media_port)},
+        variables={"registered_ms": str(registered_ms), "end": end, "hold_ms": str(hold_ms)},
         injection=("SEQUENTIAL", f"{agent};[authentication username={agent} password={password}]"),
-        timeout_s=timeout_s,
+        ooc_scenario="agent_answer.xml", timeout_s=timeout_s,
     )  # fmt: skip
 
 

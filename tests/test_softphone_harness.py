@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -100,9 +101,9 @@ def test_citizen_needs_a_menu_key_and_a_known_end(tmp_path: Path) -> None:
 def test_register_refuses_credentials_that_would_break_the_injection_file() -> None:
     for password in ("a;b", "a]b", "a b"):
         with pytest.raises(sipp.SippError, match="cannot hold"):
-            sipp.agent_register(
+            sipp.agent_softphone(
                 "r", local_port=1, media_port=2, remote="x", agent="agent1", password=password,
-                contact_port=3, registered_ms=1,
+                registered_ms=1, end="wait",
             )  # fmt: skip
 
 
@@ -166,7 +167,7 @@ def test_two_processes_cannot_share_a_name(tmp_path: Path) -> None:
 
 
 def test_wait_until_returns_the_first_truthy_value() -> None:
-    values = iter([None, {}, {"queues": []}])
+    values: Iterator[dict[str, list[str]] | None] = iter([None, {}, {"queues": []}])
     assert harness.wait_until(lambda: next(values), what="x", timeout_s=30, interval_s=0.01) == {"queues": []}
 
 
@@ -565,7 +566,7 @@ def test_engine_api_does_not_answer_when_nothing_listens() -> None:
 
 
 def test_snapshot_readers() -> None:
-    live = {
+    live: dict[str, Any] = {
         "queues": [{"name": "apa", "waiting": [{"caller_number": "+33611111111", "priority": 20}]}],
         "agents": [{"id": "agent1", "interface": "PJSIP/agent1", "state": "in_call"}],
         "calls": [{"caller_number": "+33622222222", "agent": "PJSIP/agent1", "citizen_id": "c-1"}],

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from softphone_test import harness as harness_module
 from softphone_test import sipp
 from softphone_test.dtmf import RtpSink
-from softphone_test.harness import Harness, free_udp_ports
+from softphone_test.harness import Harness, ManagedProcess, free_udp_ports
 
 PASSWORD = "bon-mot-de-passe"
 
@@ -109,30 +110,32 @@ def _registrar(password: str) -> sipp.SippSpec:
     )  # fmt: skip
 
 
-def _register(registrar: sipp.SippSpec, password: str, contact_port: int) -> sipp.SippSpec:
-    return sipp.agent_register(
-        "agent-register", local_port=free_udp_ports(1), media_port=free_udp_ports(),
+def _softphone(registrar: sipp.SippSpec, password: str, end: str = "wait") -> sipp.SippSpec:
+    return sipp.agent_softphone(
+        "agent", local_port=free_udp_ports(1), media_port=free_udp_ports(),
         remote=f"127.0.0.1:{registrar.local_port}", agent="agent1", password=password,
-        contact_port=contact_port, registered_ms=300, timeout_s=30,
+        registered_ms=300, end=end, hold_ms=300, timeout_s=30,
     )  # fmt: skip
 
 
 def test_agent_registers_with_digest_refreshes_and_unregisters(harness: Harness) -> None:
     registrar = _registrar(PASSWORD)
-    agent, peer = _run_pair(harness, registrar, _register(registrar, PASSWORD, contact_port=5999))
+    softphone = _softphone(registrar, PASSWORD)
+    agent, peer = _run_pair(harness, registrar, softphone)
     assert agent.ok, agent.report()
     assert peer.ok, peer.report()
     accepted = [line for line in peer.logs.splitlines() if line.startswith("ACCEPTED")]
+    contact = f"<sip:agent1@127.0.0.1:{softphone.local_port}>"
     assert accepted == [
-        "ACCEPTED agent1 Contact <sip:agent1@127.0.0.1:5999> Expires 120",
-        "ACCEPTED agent1 Contact <sip:agent1@127.0.0.1:5999> Expires 120",
-        "ACCEPTED agent1 Contact <sip:agent1@127.0.0.1:5999> Expires 0",
+        f"ACCEPTED agent1 Contact {contact} Expires 120",
+        f"ACCEPTED agent1 Contact {contact} Expires 120",
+        f"ACCEPTED agent1 Contact {contact} Expires 0",
     ]
 
 
 def test_a_wrong_password_is_refused(harness: Harness) -> None:
     registrar = _registrar(PASSWORD)
-    agent, peer = _run_pair(harness, registrar, _register(registrar, "pas-le-bon", contact_port=5999))
+    agent, peer = _run_pair(harness, registrar, _softphone(registrar, "pas-le-bon"))
     assert not agent.ok
     assert agent.returncode == 1
     assert agent.stats is not None
@@ -141,6 +144,49 @@ def test_a_wrong_password_is_refused(harness: Harness) -> None:
     assert not peer.ok
     assert "REFUSED agent1" in peer.logs
     assert "ACCEPTED" not in peer.logs
+
+
+@pytest.mark.parametrize(("agent_end", "pbx_end"), [("wait", "bye"), ("bye", "wait")])
+def test_the_registered_softphone_answers_qualify_and_a_call_on_its_contact(
+    harness: Harness, agent_end: str, pbx_end: str
+) -> None:
+    registrar = sipp.SippSpec(
+        "registrar", "registrar.xml", free_udp_ports(1), free_udp_ports(),
+        injection=("SEQUENTIAL", f"agent1;{PASSWORD}"), timeout_s=30,
+    )  # fmt: skip
+    softphone = sipp.agent_softphone(
+        "agent", local_port=free_udp_ports(1), media_port=free_udp_ports(),
+        remote=f"127.0.0.1:{registrar.local_port}", agent="agent1", password=PASSWORD,
+        registered_ms=3000, end=agent_end, hold_ms=300, timeout_s=30,
+    )  # fmt: skip
+    pbx = sipp.SippSpec(
+        "pbx", "pbx_calls_agent.xml", free_udp_ports(1), free_udp_ports(),
+        remote=f"127.0.0.1:{softphone.local_port}", service="agent1",
+        variables={"end": pbx_end, "hold_ms": "300"}, timeout_s=30,
+    )  # fmt: skip
+    with harness:
+        peer = harness.start_sipp(registrar)
+        agent = harness.start_sipp(softphone)
+        harness_module.wait_until(
+            lambda: "ACCEPTED" in _text(harness.run_dir / "registrar_logs.log"),
+            what="registered",
+            timeout_s=30,
+        )
+        reply = _options(softphone.local_port, agent)
+        pbx_result = harness.finish_sipp(pbx, harness.start_sipp(pbx))
+        agent_result = harness.finish_sipp(softphone, agent)
+        registrar_result = harness.finish_sipp(registrar, peer)
+    assert reply.startswith(b"SIP/2.0 200"), reply
+    assert pbx_result.ok, pbx_result.report()
+    assert agent_result.ok, agent_result.report()
+    assert registrar_result.ok, registrar_result.report()
+    messages = _text(harness.run_dir / "agent_messages.log")
+    assert "INVITE sip:agent1@" in messages
+    assert "SIP/2.0 200 OK" in messages
+
+
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
 @pytest.mark.parametrize(("agent_end", "pbx_end"), [("wait", "bye"), ("bye", "wait")])
@@ -167,28 +213,31 @@ def test_agent_answers_two_calls(harness: Harness, agent_end: str, pbx_end: str)
     assert agent_result.stats.successful == 2
 
 
-def test_agent_answers_qualify_options_while_waiting(harness: Harness) -> None:
+def _options(port: int, process: ManagedProcess) -> bytes:
+    """Send a qualify OPTIONS to ``port`` (again until SIPp listens); the reply."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(1.0)
+        message = (
+            f"OPTIONS sip:agent1@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{sock.getsockname()[1]};branch=z9hG4bK-qualify-1\r\n"
+            "From: <sip:asterisk@127.0.0.1>;tag=qualify\r\nTo: <sip:agent1@127.0.0.1>\r\n"
+            "Call-ID: qualify-1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        for _ in range(30):
+            sock.sendto(message, ("127.0.0.1", port))
+            try:
+                return sock.recv(4096)
+            except TimeoutError:
+                process.check_alive()
+    return b""
+
+
+def test_a_lone_answering_agent_answers_qualify_options(harness: Harness) -> None:
     agent = sipp.agent_answer(
         "agent", local_port=free_udp_ports(1), media_port=free_udp_ports(), end="wait", timeout_s=30
     )
-    options = (
-        f"OPTIONS sip:agent1@127.0.0.1:{agent.local_port} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-qualify-1\r\n"
-        "From: <sip:asterisk@127.0.0.1>;tag=qualify\r\nTo: <sip:agent1@127.0.0.1>\r\n"
-        "Call-ID: qualify-1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    )
-    with harness, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(1.0)
-        message = options.replace("{port}", str(sock.getsockname()[1])).encode()
-        process = harness.start_sipp(agent)
-        reply = b""
-        for _ in range(30):  # SIPp may not listen yet: retransmit, as a registrar's qualify does
-            sock.sendto(message, ("127.0.0.1", agent.local_port))
-            try:
-                reply = sock.recv(4096)
-                break
-            except TimeoutError:
-                process.check_alive()
+    with harness:
+        reply = _options(agent.local_port, harness.start_sipp(agent))
     assert reply.startswith(b"SIP/2.0 200"), reply
     assert b"CSeq: 1 OPTIONS" in reply
