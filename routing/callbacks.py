@@ -4,6 +4,16 @@ The contract between the AGI routes (``ivr/queue_exits.py``: the caller presses 
 callback leg confirms a human answered, the dialplan reports DIALSTATUS) and the engine's callback
 keeper, which holds each request as a virtual caller with its original join time and priority, and
 dials it agent-first when it reaches the head of its queue and an agent is free.
+
+* :class:`CallbackKeeper`: the pure core (merge by E.164 number, order against the real callers of
+  the live model, never more dials than free agents, retries within opening hours, attempts, then a
+  back-office callback request) and a :class:`QueuedCallbacks` for a single process.
+* :class:`CallbackDispatcher`: the AMI side, run by the leader node only (:func:`callback_duty` for
+  ``Engine.add_duty``): ``Originate`` to the agent's phone into the dialplan's callback context,
+  which dials the citizen once the agent answered; ``OriginateResponse`` followed by ActionID.
+* :class:`SharedCallbacks`: the :class:`QueuedCallbacks` of every node (routes and API): requests and
+  outcomes go through the state store's documents to the leader's keeper, which saves itself there
+  after every change (what ``pending()`` lists, and what a new leader restores).
 """
 
 from __future__ import annotations
@@ -764,8 +774,8 @@ class CallbackDispatcher:
     async def tick(self) -> list[Dial]:
         """One round: settle, dial what is due; returns the dials whose Originate was accepted."""
         keeper = self._keeper
-        if self._store is not None:
-            await keeper.take_inbox(self._store)
+        if self._store is not None and await keeper.take_inbox(self._store):
+            await keeper.save(self._store, self._clock())  # taken from the inbox: saved at once
         keeper.expire(self._clock())
         dials = keeper.due(self._clock(), self._live)
         for dial in dials:  # all at once: outcomes and requests may arrive while an Originate is sent

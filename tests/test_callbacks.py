@@ -687,6 +687,30 @@ async def test_requests_and_outcomes_from_any_node_reach_the_leaders_keeper(
     assert await other_store.documents(INBOX_KIND) == {}
 
 
+async def test_requests_taken_from_the_inbox_are_saved_before_any_originate() -> None:
+    store = MemoryStateStore()
+    now = [MONDAY_10]
+    gate = asyncio.Event()
+
+    class SlowAmi(ScriptedAmi):
+        async def send_action(self, action: str, headers: Sequence[tuple[str, str]]) -> AmiResponse:
+            await gate.wait()
+            return await super().send_action(action, headers)
+
+    shared = node(store, now, "a")
+    callback = await shared.keep(request())
+    dispatcher = CallbackDispatcher(keeper(), SlowAmi(), one_agent(), clock=lambda: now[0], store=store)
+    tick = asyncio.create_task(dispatcher.tick())
+    for _ in range(1000):  # until the tick waits on its Originate
+        if not await store.documents(INBOX_KIND):
+            break
+        await asyncio.sleep(0.01)
+    assert [(c.id, c.state) for c in await shared.pending()] == [(callback, "waiting")]  # saved, not inbox
+    gate.set()
+    await asyncio.wait_for(tick, 10)
+    assert [(c.id, c.state) for c in await shared.pending()] == [(callback, "dialing")]
+
+
 async def test_a_new_leader_restores_the_saved_keeper(stores: tuple[StateStore, StateStore]) -> None:
     old_store, new_store = stores
     now = [MONDAY_10]
