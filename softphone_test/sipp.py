@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,28 +258,3 @@ class SippResult:
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-
-
-def start(spec: SippSpec, run_dir: Path) -> subprocess.Popen[bytes]:
-    """Start ``spec`` in ``run_dir`` (its screen output goes to ``<name>.out``)."""
-    argv = spec.prepare(run_dir)
-    with (run_dir / f"{spec.name}.out").open("wb") as out:
-        return subprocess.Popen(
-            argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def wait(spec: SippSpec, process: subprocess.Popen[bytes], run_dir: Path) -> SippResult:
-    """Wait for ``process`` to end (its own -timeout, plus a margin, bounds it); its result."""
-    try:
-        returncode = process.wait(timeout=spec.timeout_s + SIPP_EXIT_MARGIN_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise SippError(f"{spec.name}: SIPp did not stop after its -timeout of {spec.timeout_s} s") from None
-    return SippResult.collect(spec, run_dir, returncode)
-
-
-def run(spec: SippSpec, run_dir: Path) -> SippResult:
-    """Run ``spec`` to its end."""
-    return wait(spec, start(spec, run_dir), run_dir)
