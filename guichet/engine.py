@@ -33,7 +33,9 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 import yaml
+from aiohttp import web
 
+from desk.app import bound_port, build_app_from_settings, start_http
 from guichet.config import ConfigError, Secret, Settings
 from guichet.names import (
     GUICHET_CITIZEN_ID,
@@ -56,9 +58,11 @@ from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
 from ivr.speech import Recogniser, SpeechModelError, VoskRecogniser
 from ivr.urgency import UrgencyConfigError, parse_rules
+from routing.agents import CurrentAmi
 from routing.aging import AgingPolicy, AgingTicker
 from routing.ami import AmiMessage
 from routing.ami_client import AmiClient, EventCallback
+from routing.callbacks import SharedCallbacks
 from routing.errors import AmiActionError, AmiConnectionLost, AmiError, AmiTimeout
 from routing.live import Change, LiveModel
 from routing.live import WaitingCaller as LiveCaller
@@ -241,6 +245,7 @@ class Engine:
         self.mirror = StoreMirror(self.live, self.store, priority_reason=self._priority_reason)
         self._clock = clock
         self.aging_policy = AgingPolicy.from_settings(settings)
+        self.callbacks = SharedCallbacks(self.store, clock=clock)  # queued callbacks, as every node sees them
         self._aging: AgingTicker | None = None
         self.agi = FastAgiServer(
             routes or build_routes(default_menu_engine_of(settings)),
@@ -253,8 +258,10 @@ class Engine:
         self._secret = secret
         self._subscriptions: list[tuple[str, EventCallback]] = []
         self._duties: list[tuple[str, Duty]] = []
-        self.ami: AmiClient | None = None
+        self.ami: AmiClient | None = None  # the events client, on the node holding the AMI lease only
+        self.actions_ami: AmiClient | None = None  # every node's client for actions (Events: off)
         self._ami_port = settings.ami.port
+        self._web: web.AppRunner | None = None
         self._changes: list[Change] = []
         self._dirty = asyncio.Event()
         self._leading: list[asyncio.Task[None]] = []  # the mirror and the duties, while leading
@@ -281,6 +288,8 @@ class Engine:
         when the store cannot be reached; a node whose lease is held by another returns at once (standby).
         """
         await self.start_agi()
+        await self._start_actions()
+        await self._start_web()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lead_task = asyncio.create_task(self._lead(first), name="ami-lease")
         try:
@@ -291,6 +300,24 @@ class Engine:
 
     async def start_agi(self) -> None:
         await self.agi.start()
+
+    async def _start_actions(self) -> None:
+        """Every node's own AMI client for actions (agents' login and pause), without events."""
+        ami = self.settings.ami
+        client = AmiClient(ami.host, ami.port, ami.username, self._secret.value, events="off")
+        await client.start()
+        self.actions_ami = client
+
+    async def _start_web(self) -> None:
+        """The web server of every node: it reads the shared store and acts through this node's AMI."""
+        app = build_app_from_settings(
+            self.settings,
+            store=self.store,
+            ami=CurrentAmi(lambda: self.actions_ami),
+            callbacks=self.callbacks,
+            clock=self._clock,
+        )
+        self._web = await start_http(app, self.settings.http.host, self.settings.http.port)
 
     async def _lead(self, first: asyncio.Future[None]) -> None:
         """Take the AMI lease whenever it is free; consume AMI and run the duties while holding it."""
@@ -446,6 +473,10 @@ class Engine:
             await self._stop_leading()
         finally:
             try:
+                if self.actions_ami is not None:
+                    await self.actions_ami.close()
+                if self._web is not None:
+                    await self._web.cleanup()
                 await self.agi.close()
             finally:
                 if self._owns_store:
@@ -453,6 +484,8 @@ class Engine:
 
     def addresses(self) -> list[str]:
         lines = [f"FastAGI server: agi://{self.settings.agi.host}:{self.agi.port}/{IVR_ROUTE}"]
+        if self._web is not None:
+            lines.append(f"web API: http://{self.settings.http.host}:{bound_port(self._web)}/api/")
         if self.ami is not None:
             ami = self.settings.ami
             lines.append(f"AMI client of: {ami.host}:{self._ami_port} (user {ami.username})")

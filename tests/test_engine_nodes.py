@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
+from desk.auth import add_user
 from guichet.engine import AMI_LEASE
 from pbx_sim import CallerScript, KeyPress, QueueConfig, SimAgent, SimConfig, SimulatedPbx
 from routing.state_redis import RedisStateStore
@@ -41,12 +43,19 @@ def open_day_and_night(tmp_path: Path) -> Path:
     return menus
 
 
+SUPERVISOR, PASSWORD = "chef", "mot de passe du chef"
+
+
 @dataclass
 class Node:
     name: str
     agi_port: int
+    http_port: int
     process: asyncio.subprocess.Process
     lines: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
 
 
 @dataclass
@@ -55,8 +64,10 @@ class Cluster:
     store: RedisStateStore
     start: Callable[[str], Awaitable[Node]]
 
-    def ami_clients(self) -> int:
-        return sum(1 for session in self.sim._server.sessions if session.authenticated)
+    def ami_clients(self, *, events: bool = True) -> int:
+        """Logged-in AMI clients receiving events (with ``events=False``: all of them)."""
+        sessions = self.sim._server.sessions
+        return sum(1 for s in sessions if s.authenticated and (s.events or not events))
 
 
 @pytest.fixture
@@ -75,17 +86,23 @@ async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cl
     await sim.start()
     store = RedisStateStore.from_url(redis_server.url, prefix=prefix)
     nodes: list[Node] = []
+    users, key = tmp_path / "users.toml", tmp_path / "session.key"
+    add_user(users, SUPERVISOR, "supervisor", None, PASSWORD)
+    key.write_text(uuid.uuid4().hex * 2, encoding="utf-8")  # one key: a session is valid on every node
 
     async def start(name: str) -> Node:
         config = tmp_path / f"{name}.toml"
+        http_port = free_port()
         config.write_text(
             f'loop = "asyncio"\n[agi]\nport = {agi_ports[name]}\n[ami]\nport = {sim.ami_port}\n'
             f'[ivr]\nmenus_dir = "{menus}"\n'
+            f'[http]\nport = {http_port}\nusers_file = "{users}"\nsession_key_file = "{key}"\n'
+            '[agents.a103]\nname = "Agent Web"\nskills = ["pmi"]\n'
             f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\nprefix = "{prefix}"\n'
             f'node = "{name}"\nlease_ttl_s = {LEASE_TTL_S}\n[routing]\naging_interval_s = 0.2\n',
             encoding="utf-8",
         )
-        node = Node(name, agi_ports[name], await start_serve(config, SECRET))
+        node = Node(name, agi_ports[name], http_port, await start_serve(config, SECRET))
         nodes.append(node)
         return node
 
@@ -119,7 +136,8 @@ async def test_two_nodes_one_ami_consumer_one_model_and_a_handover(cluster: Clus
     await read_until(node_b.process, "standby: node node-a consumes AMI", node_b.lines)
     await read_until(node_b.process, "FastAGI server", node_b.lines)
     assert await store.leader(AMI_LEASE) == "node-a"
-    assert cluster.ami_clients() == 1
+    assert cluster.ami_clients() == 1  # node A consumes events
+    assert cluster.ami_clients(events=False) == 3  # and each node has its client for agents' actions
 
     # A call served by node B's FastAGI (key 0: the general front office) is seen by node A over AMI and
     # written to the shared store: one model for both.
@@ -141,6 +159,29 @@ async def test_two_nodes_one_ami_consumer_one_model_and_a_handover(cluster: Clus
         return "pour" in record.priority_reason and "attente" in record.priority_reason
 
     await until(explained, "the waiting caller's priority is explained to supervisors")
+
+    # Both nodes' web APIs: one login valid on both, the same live view; an agent logged in through
+    # node B (its own AMI client for actions) is seen by node A over AMI and shown by both.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        login = {"login": SUPERVISOR, "password": PASSWORD}
+        async with http.post(node_b.url("/api/session"), json=login) as response:
+            assert response.status == 200
+        async with http.post(node_b.url("/api/agents/a103/login"), json={}) as response:
+            assert response.status == 200, await response.text()
+
+        async def agent_shown() -> bool:
+            return await store.get_agent("PJSIP/a103") is not None
+
+        await until(agent_shown, "the agent logged in through node B is in the store")
+        views = []
+        for node in (node_a, node_b):
+            async with http.get(node.url("/api/live")) as response:
+                assert response.status == 200
+                view = await response.json()
+                view.pop("now")  # each node's clock when it answered
+                views.append(view)
+        assert views[0] == views[1]
+        assert "PJSIP/a103" in str(views[0]) and "0611223344" in str(views[0])
 
     # Kill -9 the AMI consumer: node B takes the lease over, logs in and resyncs the same model.
     node_a.process.kill()

@@ -48,7 +48,7 @@ async def test_serve_routes_calls_then_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "guichet.toml"
     config.write_text(
         f'loop = "asyncio"\n[agi]\nport = {agi_port}\n[ami]\nport = {sim.ami_port}\n'
-        f'[ivr]\nmenus_dir = "{REPO / "dialplans"}"\n',
+        f'[ivr]\nmenus_dir = "{REPO / "dialplans"}"\n[http]\nport = {free_port()}\n',
         encoding="utf-8",
     )
     proc = await start_serve(config, SECRET)
