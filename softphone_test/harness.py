@@ -169,6 +169,7 @@ class Harness:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.processes: list[ManagedProcess] = []
+        self.log_folders: list[Path] = []  # their files' tails go into the report too
         self._stack = contextlib.ExitStack()
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -236,6 +237,11 @@ class Harness:
         for process in self.processes:
             state = "running" if process.alive else f"exit {process.popen.returncode}"
             parts.append(f"--- {process.name} ({state}): {' '.join(process.argv)}\n{process.log_tail()}")
+        for folder in self.log_folders:
+            for path in sorted(folder.glob("*")):
+                if path.is_file():
+                    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                    parts.append(f"--- {path}\n" + "\n".join(lines))
         return "\n".join(parts)
 
 
@@ -364,7 +370,11 @@ def asterisk_cli(binary: Path, conf: Path, command: str, *, timeout_s: float = 3
 def start_asterisk(
     harness: Harness, binary: Path, conf: Path, *, boot_timeout_s: float = BOOT_TIMEOUT_S
 ) -> ManagedProcess:
-    """Boot Asterisk in the foreground on ``conf``; return once ``core waitfullybooted`` answers."""
+    """Boot Asterisk in the foreground on ``conf``; return once ``core waitfullybooted`` answers.
+
+    Its log folder (``var/log`` of the rendered folder) goes into the harness's report.
+    """
+    harness.log_folders.append(conf.parent / "var" / "log")
     process = harness.start("asterisk", [str(binary), "-C", str(conf), "-f", "-n", "-vvv"], grace_s=20.0)
 
     def booted() -> bool:

@@ -236,8 +236,14 @@ def test_start_asterisk_returns_once_fully_booted(tmp_path: Path, fake_asterisk:
 def test_start_asterisk_reports_a_boot_failure_with_its_log(tmp_path: Path, fake_asterisk: Path) -> None:
     conf = tmp_path / "asterisk.conf"
     conf.write_text("broken\n", encoding="utf-8")
-    with Harness(tmp_path / "run") as run, pytest.raises(HarnessError, match=r"cannot load pjsip\.conf"):
+    (tmp_path / "var" / "log").mkdir(parents=True)
+    (tmp_path / "var" / "log" / "messages.log").write_text("WARNING[42] res_pjsip.c: no transport\n")
+    with (
+        pytest.raises(HarnessError, match=r"cannot load pjsip\.conf") as failure,
+        Harness(tmp_path / "run") as run,
+    ):
         harness.start_asterisk(run, fake_asterisk, conf)
+    assert "WARNING[42] res_pjsip.c: no transport" in "\n".join(failure.value.__notes__)
 
 
 def test_skip_reason(tmp_path: Path, fake_asterisk: Path) -> None:
