@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from softphone_test import dtmf, sipp
 from softphone_test import harness as harness_module
-from softphone_test import sipp
-from softphone_test.dtmf import RtpSink
 from softphone_test.harness import Harness, ManagedProcess, free_udp_ports
 
 PASSWORD = "bon-mot-de-passe"
+MENU_DELAY_MS = 300
+# Room for the pcap player thread of a loaded machine before a BYE ends the call (not a timing check).
+MARGIN_MS = 3000
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +63,7 @@ def _citizen(peer: sipp.SippSpec, end: str, stay_ms: int = 0) -> sipp.SippSpec:
         number="3939",
         caller="0612345678",
         end=end,
-        menu_delay_ms=300,
+        menu_delay_ms=MENU_DELAY_MS,
         stay_ms=stay_ms,
         timeout_s=30,
     )
@@ -70,9 +72,9 @@ def _citizen(peer: sipp.SippSpec, end: str, stay_ms: int = 0) -> sipp.SippSpec:
 def test_citizen_presses_menu_keys_and_hangs_up(harness: Harness) -> None:
     keys = sipp.CitizenKeys(menu="12")
     keys.write(harness.run_dir)
-    with RtpSink() as sink:
+    with dtmf.RtpSink() as sink:
         peer = _answering_peer("wait", sink.port)
-        citizen, pbx = _run_pair(harness, peer, _citizen(peer, "bye", stay_ms=keys.menu_ms + 500))
+        citizen, pbx = _run_pair(harness, peer, _citizen(peer, "bye", stay_ms=keys.menu_ms + MARGIN_MS))
     assert citizen.ok, citizen.report()
     assert pbx.ok, pbx.report()
     assert sink.keys() == "12"
@@ -81,8 +83,8 @@ def test_citizen_presses_menu_keys_and_hangs_up(harness: Harness) -> None:
 def test_citizen_waits_for_the_far_end_to_hang_up(harness: Harness) -> None:
     keys = sipp.CitizenKeys(menu="0")
     keys.write(harness.run_dir)
-    with RtpSink() as sink:
-        peer = _answering_peer("bye", sink.port, hold_ms=keys.menu_ms + 1500)
+    with dtmf.RtpSink() as sink:
+        peer = _answering_peer("bye", sink.port, hold_ms=MENU_DELAY_MS + keys.menu_ms + MARGIN_MS)
         citizen, pbx = _run_pair(harness, peer, _citizen(peer, "wait"))
     assert citizen.ok, citizen.report()
     assert pbx.ok, pbx.report()
@@ -94,9 +96,10 @@ def test_queued_callback_keys_continue_the_stream_so_repeated_keys_count(harness
     # distinct RFC 2833 event only because the pcaps are renumbered as one stream.
     keys = sipp.CitizenKeys(menu="11", queued="11")
     keys.write(harness.run_dir)
-    with RtpSink() as sink:
-        stay_ms = keys.menu_ms + 300
-        peer = _answering_peer("bye", sink.port, hold_ms=stay_ms + keys.menu_ms + 2000)
+    with dtmf.RtpSink() as sink:
+        stay_ms = keys.menu_ms + 500  # the queued keys after the menu keys
+        hold_ms = MENU_DELAY_MS + stay_ms + dtmf.duration_ms(keys.queued, keys.gap_ms) + MARGIN_MS
+        peer = _answering_peer("bye", sink.port, hold_ms=hold_ms)
         citizen, pbx = _run_pair(harness, peer, _citizen(peer, "callback", stay_ms=stay_ms))
     assert citizen.ok, citizen.report()
     assert pbx.ok, pbx.report()
@@ -157,7 +160,7 @@ def test_the_registered_softphone_answers_qualify_and_a_call_on_its_contact(
     softphone = sipp.agent_softphone(
         "agent", local_port=free_udp_ports(1), media_port=free_udp_ports(),
         remote=f"127.0.0.1:{registrar.local_port}", agent="agent1", password=PASSWORD,
-        registered_ms=3000, end=agent_end, hold_ms=300, timeout_s=30,
+        registered_ms=8000, end=agent_end, hold_ms=300, timeout_s=30,
     )  # fmt: skip
     pbx = sipp.SippSpec(
         "pbx", "pbx_calls_agent.xml", free_udp_ports(1), free_udp_ports(),
