@@ -160,7 +160,7 @@ def test_the_registered_softphone_answers_qualify_and_a_call_on_its_contact(
     softphone = sipp.agent_softphone(
         "agent", local_port=free_udp_ports(1), media_port=free_udp_ports(),
         remote=f"127.0.0.1:{registrar.local_port}", agent="agent1", password=PASSWORD,
-        registered_ms=8000, end=agent_end, hold_ms=300, timeout_s=30,
+        registered_ms=5000, end=agent_end, hold_ms=300, timeout_s=30,
     )  # fmt: skip
     pbx = sipp.SippSpec(
         "pbx", "pbx_calls_agent.xml", free_udp_ports(1), free_udp_ports(),
