@@ -43,6 +43,8 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from desk.auth import SESSION_KEY_ENV, hash_password
+from guichet.config import AmiSettings, sip_secret_variable
 from ivr.menus import HoursNode, PromptNode, load_menus
 from ivr.prompt_names import SOUND_EXTENSION, sound_name
 from ivr.services import SERVICE_QUEUES
@@ -54,8 +56,7 @@ MENUS: Final = REPO / "dialplans"
 HOURS_FILE: Final = Path("settings") / "hours.yaml"
 NO_ASTERISK: Final = "ASTERISK_BIN is not set: no Asterisk 22 on this machine"
 ASTERISK_BIN_ENV: Final = "ASTERISK_BIN"
-AMI_SECRET_ENV: Final = "GUICHET_AMI_SECRET"
-SESSION_KEY_ENV: Final = "GUICHET_SESSION_KEY"
+AMI_SECRET_ENV: Final = AmiSettings().secret_env
 STOP_GRACE_S: Final = 10.0
 BOOT_TIMEOUT_S: Final = 60.0
 LOG_TAIL_LINES: Final = 80
@@ -400,7 +401,7 @@ class AgentAccount:
 
     @property
     def secret_variable(self) -> str:
-        return "GUICHET_SIP_SECRET_" + self.agent_id.upper().replace("-", "_")
+        return sip_secret_variable(self.agent_id)
 
 
 @dataclass(frozen=True)
@@ -433,7 +434,7 @@ def engine_toml(ports: Ports, agents: Sequence[AgentAccount], users_file: Path, 
     lines = [
         'loop = "asyncio"',
         "[agi]", f'host = "{LOOPBACK}"', f"port = {ports.agi}",
-        "[ami]", f'host = "{LOOPBACK}"', f"port = {ports.ami}", 'username = "guichet"',
+        "[ami]", f'host = "{LOOPBACK}"', f"port = {ports.ami}",
         f'secret_env = "{AMI_SECRET_ENV}"',
         "[ivr]", f"menus_dir = {json.dumps(str(menus_dir))}",
         "[http]", f'host = "{LOOPBACK}"', f"port = {ports.http}",
@@ -452,9 +453,6 @@ def write_engine_files(
     base_environ: Mapping[str, str] | None = None,
 ) -> EngineFiles:
     """guichet.toml, the users file (one supervisor), the menus copy, and the secrets' environment."""
-    # The engine's own hash format; imported here so that the SIPp-only tests need no web layer.
-    from desk.auth import hash_password  # noqa: PLC0415
-
     folder.mkdir(parents=True, exist_ok=True)
     menus_dir = open_all_day_menus(folder / "menus")
     supervisor_password = secrets.token_urlsafe(12)
