@@ -21,7 +21,6 @@ from typing import TextIO
 from guichet.config import AgiSettings, Secret, Settings
 from guichet.console import ConsoleBoard
 from guichet.engine import Engine, default_menu_engine
-from ivr.routes import build_routes
 from ivr.services import GENERAL_QUEUE, SERVICE_QUEUES
 from pbx_sim import (
     CallerScript,
@@ -91,7 +90,7 @@ class Demo:
         self.result = DemoResult()
         self.secret = Secret(secrets.token_urlsafe(18))
         self.settings = replace(Settings(), agi=replace(AgiSettings(), port=options.agi_port))
-        self.engine = Engine(self.settings, self.secret, build_routes(default_menu_engine(open_all_day=True)))
+        self.engine = Engine(self.settings, self.secret, menus=default_menu_engine(open_all_day=True))
         self.engine.subscribe("*", self._on_event)
         self.pbx: SimulatedPbx | None = None
         self._started = time.monotonic()

@@ -54,6 +54,7 @@ from ivr.hours import MINUTES_PER_DAY, PARIS, HoursConfigError, Schedule, TimeRa
 from ivr.menu_engine import CallbackSink, InMemoryCallbackSink, MenuEngine
 from ivr.menus import MenuValidationError, load_menus
 from ivr.prompts import OnDemandPrompts, PromptBuildError, find_tools
+from ivr.queue_exits import QueueExits, rules_from_settings
 from ivr.routes import IVR_ROUTE, build_routes
 from ivr.services import SERVICE_QUEUES
 from ivr.speech import Recogniser, SpeechModelError, VoskRecogniser
@@ -62,7 +63,7 @@ from routing.agents import CurrentAmi
 from routing.aging import AgingPolicy, AgingTicker
 from routing.ami import AmiMessage
 from routing.ami_client import AmiClient, EventCallback
-from routing.callbacks import SharedCallbacks
+from routing.callbacks import CallbackKeeper, SharedCallbacks, aged_priority, callback_duty
 from routing.errors import AmiActionError, AmiConnectionLost, AmiError, AmiTimeout
 from routing.live import Change, LiveModel
 from routing.live import WaitingCaller as LiveCaller
@@ -74,6 +75,9 @@ logger = logging.getLogger(__name__)
 
 MENUS_DIR: Final = Path(__file__).resolve().parents[1] / "dialplans"
 HOURS_FILE: Final = "settings/hours.yaml"
+# The schedule of hours.yaml within which queued callbacks are dialled (the platform's opening hours).
+CALLBACK_SCHEDULE: Final = "plateforme"
+CALLBACK_TICK_S: Final = 1.0
 URGENCY_FILE: Final = "settings/urgency.yaml"
 # What a resync reads with Getvar for each caller first seen in a snapshot (6 actions at most); QUEUE_PRIO
 # is the priority the caller joined with, the base of aging (QueueStatus gives the aged one).
@@ -140,6 +144,20 @@ def speech_recogniser(settings: Settings) -> Recogniser | None:
         raise ConfigError(f"{settings.source}: [ivr] speech_model = {ivr.speech_model}: {exc}") from exc
 
 
+def load_schedules(directory: Path) -> dict[str, Schedule]:
+    """The opening hours of ``directory``'s ``settings/hours.yaml`` (HoursConfigError when invalid)."""
+    return parse_hours(_read_yaml(directory / HOURS_FILE), path=str(directory / HOURS_FILE))
+
+
+def callback_schedule(schedules: Mapping[str, Schedule], source: Path) -> Schedule:
+    """The schedule within which queued callbacks are dialled; ConfigError when it is missing."""
+    if CALLBACK_SCHEDULE not in schedules:
+        raise ConfigError(
+            f"{source / HOURS_FILE}: no schedule {CALLBACK_SCHEDULE!r} (queued callbacks are dialled in it)"
+        )
+    return schedules[CALLBACK_SCHEDULE]
+
+
 def default_menu_engine(
     directory: Path = MENUS_DIR,
     *,
@@ -157,7 +175,7 @@ def default_menu_engine(
     Until ``citizens/`` provides them, the directory and the callback sink live in memory.
     """
     try:
-        schedules = parse_hours(_read_yaml(directory / HOURS_FILE), path=str(directory / HOURS_FILE))
+        schedules = load_schedules(directory)
         rules = parse_rules(_read_yaml(directory / URGENCY_FILE), key=str(directory / URGENCY_FILE))
         menus = load_menus(directory, SERVICE_QUEUES, known_schedules=schedules.keys())
     except (HoursConfigError, UrgencyConfigError) as exc:
@@ -224,8 +242,9 @@ def node_name(settings: Settings) -> str:
 class Engine:
     """FastAGI server + AMI client + live state store, started together and always stopped together.
 
-    ``clock`` gives the time stamped on the live model's changes (epoch seconds).  ``store``: the live
-    state store to use (default: the configured one, owned and closed by the engine).
+    ``routes``: the AGI routes (default: the voice menus of ``menus``, else of the settings, and the
+    queue exits).  ``clock`` gives the time stamped on the live model's changes (epoch seconds).
+    ``store``: the live state store to use (default: the configured one, owned and closed by the engine).
     """
 
     def __init__(
@@ -234,6 +253,7 @@ class Engine:
         secret: Secret,
         routes: RouteTable | None = None,
         *,
+        menus: MenuEngine | None = None,
         clock: Callable[[], float] = time.time,
         store: StateStore | None = None,
     ) -> None:
@@ -246,9 +266,27 @@ class Engine:
         self._clock = clock
         self.aging_policy = AgingPolicy.from_settings(settings)
         self.callbacks = SharedCallbacks(self.store, clock=clock)  # queued callbacks, as every node sees them
+        if routes is None:
+            menus = menus or default_menu_engine_of(settings)
+            routes = build_routes(menus, QueueExits(self.callbacks, rules_from_settings(settings)))
+        if menus is not None:
+            schedules = menus.schedules
+        else:
+            try:
+                schedules = load_schedules(menus_dir(settings))
+            except HoursConfigError as exc:
+                raise ConfigError(str(exc)) from exc
+        self.keeper = CallbackKeeper(
+            callback_schedule(schedules, menus_dir(settings)),
+            retry_s=settings.routing.callback_retry_s,
+            attempts=settings.routing.callback_attempts,
+            clock=clock,
+            back_office=menus.callbacks if menus is not None else None,
+            priority_at=aged_priority(self.aging_policy),
+        )
         self._aging: AgingTicker | None = None
         self.agi = FastAgiServer(
-            routes or build_routes(default_menu_engine_of(settings)),
+            routes,
             host=settings.agi.host,
             port=settings.agi.port,
             env_timeout=settings.agi.env_timeout_s,
@@ -268,6 +306,10 @@ class Engine:
         self._stop_duties = asyncio.Event()
         self._lead_task: asyncio.Task[None] | None = None
         self.add_duty("aging", self._run_aging)
+        self.add_duty(
+            "queued-callbacks",
+            callback_duty(self.keeper, self.live, store=self.store, interval_s=CALLBACK_TICK_S, clock=clock),
+        )
 
     def subscribe(self, event: str, callback: EventCallback) -> None:
         """Deliver AMI events named ``event`` (or ``*``) to ``callback``, from the first login on."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from guichet.config import Secret, Settings
+from guichet.asterisk_conf import render_extensions_conf
+from guichet.config import ConfigError, Secret, Settings, parse_settings
 from guichet.engine import Engine
 from guichet.names import (
     GUICHET_CITIZEN_ID,
@@ -18,11 +22,17 @@ from guichet.names import (
     GUICHET_PRIO,
     GUICHET_QUEUE,
     GUICHET_URGENCY,
+    ROUTE_CALLBACK_CONFIRM,
+    ROUTE_CALLBACK_OFFER,
+    ROUTE_CALLBACK_RESULT,
+    ROUTE_OVERFLOW,
 )
 from ivr.agi_server import RouteTable
+from ivr.routes import IVR_ROUTE
 from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, SimulatedPbx, inbound_dialplan
 from routing.ami_client import AmiClient
 from routing.live import AgentState, LiveModel, LiveSnapshot, QueueCounters, WaitingCaller
+from tests.conftest import REPO
 from tests.sim_fixtures import AgiResponder
 
 SPEED = 15.0
@@ -208,3 +218,22 @@ async def test_an_ami_drop_during_traffic_leaves_the_model_exactly_right(rig: Ri
     outcomes = counts.answered + counts.abandoned + counts.overflowed + counts.exited + counts.unresolved
     assert outcomes == counts.offered
     assert counts.offered >= 5  # long call, three before the drop, the one still waiting at the resync
+
+
+def test_the_production_engine_serves_every_route_the_dialplan_calls() -> None:
+    """Every AGI route named in the rendered dialplan is registered by the engine `guichet serve` runs."""
+    engine = Engine(Settings(), Secret("secret"))
+    called = set(re.findall(r"AGI\(agi://[^/]+/([a-z-]+)", render_extensions_conf()))
+    routes = (IVR_ROUTE, ROUTE_OVERFLOW, ROUTE_CALLBACK_OFFER, ROUTE_CALLBACK_CONFIRM, ROUTE_CALLBACK_RESULT)
+    assert called == set(routes)
+    assert called <= set(engine.agi.routes.names())
+
+
+def test_hours_without_the_platform_schedule_stop_the_start_up(tmp_path: Path) -> None:
+    menus = tmp_path / "menus"
+    shutil.copytree(REPO / "dialplans", menus)
+    hours = menus / "settings" / "hours.yaml"
+    hours.write_text(hours.read_text(encoding="utf-8").replace("plateforme:", "standard:"), encoding="utf-8")
+    settings = parse_settings({"ivr": {"menus_dir": str(menus)}}, "guichet.toml")
+    with pytest.raises(ConfigError, match="no schedule 'plateforme'"):
+        Engine(settings, Secret("secret"), RouteTable())
