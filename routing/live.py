@@ -466,12 +466,18 @@ class LiveModel:
     def _on_leave(self, event: AmiMessage, now: float) -> list[Change]:
         channel = _required(event, H_CHANNEL)
         queue = self._queue(_required(event, H_QUEUE))
+        changes = self._stop_ringing(channel)
         index = queue.index_of(channel)
         if index < 0:
-            return []
+            return changes
         del queue.callers[index]
         self._left.setdefault(channel, _Left(queue.name))
-        changes = [Change("caller_left", channel, queue.name)]
+        changes.append(Change("caller_left", channel, queue.name))
+        return changes
+
+    def _stop_ringing(self, channel: str) -> list[Change]:
+        """Agents rung for ``channel`` stop ringing (it left, or hung up)."""
+        changes = []
         for agent in self._agents.values():
             if agent.ringing_for == channel:
                 agent.ringing_for = None
@@ -578,6 +584,7 @@ class LiveModel:
         self._unknown_variables.discard(channel)
         changes = self._resolve(channel, overflow=False)
         changes += self._end_call(channel)
+        changes += self._stop_ringing(channel)
         for call in list(self._calls.values()):
             if call.agent_channel == channel:
                 changes += self._end_call(call.caller_channel)

@@ -304,13 +304,15 @@ def test_events_sent_before_the_snapshot_but_applied_after_it_count_nothing_twic
     for base in (gone, answered):
         model.apply(event("QueueCallerJoin", *base), 1.0)
     member = event("QueueMember", ("Queue", "q"), ("Location", "A/1"), ("Status", "2"), ("InCall", "1"))
+    idle = event("QueueMember", ("Queue", "q"), ("Location", "A/2"), ("Status", "1"))
     bridged = [
         event("CoreShowChannel", ("Channel", "C/2"), ("Uniqueid", "2"), ("BridgeId", "b")),
         event("CoreShowChannel", ("Channel", "A/1-0001"), ("Uniqueid", "9"), ("BridgeId", "b")),
     ]
     # the snapshot: C/1 already gone (unresolved), C/2 already talking to A/1 (answered)
-    model.rebuild([event("QueueParams", ("Queue", "q")), member], bridged, 3.0)
+    model.rebuild([event("QueueParams", ("Queue", "q")), member, idle], bridged, 3.0)
     assert model.counters("q") == QueueCounters(offered=2, answered=1, unresolved=1)
+    model.apply(event("AgentCalled", *gone, ("Interface", "A/2")), 3.1)  # rung for C/1 before it left
     model.apply(event("QueueCallerAbandon", *gone), 3.1)
     model.apply(event("QueueCallerLeave", *gone), 3.1)
     model.apply(event("Hangup", ("Channel", "C/1")), 3.1)
@@ -318,6 +320,8 @@ def test_events_sent_before_the_snapshot_but_applied_after_it_count_nothing_twic
     model.apply(event("AgentConnect", *answered, ("Interface", "A/1"), ("DestChannel", "A/1-0001")), 3.1)
     assert model.counters("q") == QueueCounters(offered=2, answered=1, unresolved=1)
     assert [call.caller_channel for call in model.calls()] == ["C/2"]
+    ringing = model.agent("A/2", 3.2)
+    assert ringing is not None and ringing.state is AgentState.AVAILABLE  # C/1's Leave stopped the ring
 
 
 def test_a_followed_event_without_its_key_field_is_refused() -> None:
