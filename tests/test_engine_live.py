@@ -30,6 +30,7 @@ from guichet.names import (
 from ivr.agi_server import RouteTable
 from ivr.routes import IVR_ROUTE
 from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, SimulatedPbx, inbound_dialplan
+from pbx_sim.app_queue import DeviceStatus
 from routing.ami_client import AmiClient
 from routing.live import AgentState, LiveModel, LiveSnapshot, QueueCounters, WaitingCaller
 from tests.conftest import REPO
@@ -186,7 +187,10 @@ async def test_an_ami_drop_during_traffic_leaves_the_model_exactly_right(rig: Ri
         "QueuePause", [("Interface", "PJSIP/agent1"), ("Paused", "true"), ("Reason", "lunch")]
     )
     member = pbx.queues.queues[QUEUE].members["PJSIP/agent1"]
-    await until(lambda: not member.in_call, "agent1's last call is over")
+    # a ring already started when the pause came goes on (as in app_queue): wait until agent1 is idle
+    await until(
+        lambda: not member.in_call and member.status is DeviceStatus.NOT_INUSE, "agent1's last call is over"
+    )
     status = await ami.send_action("QueueStatus")
     channels = await ami.send_action("CoreShowChannels")
     now = pbx.clock.now()
