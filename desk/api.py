@@ -29,6 +29,7 @@ from routing.agents import (
     UnknownAgent,
 )
 from routing.callbacks import QueuedCallback, QueuedCallbacks
+from routing.mirror import COUNTER_NAMES, COUNTERS_KIND
 from routing.state import AgentState, CallInProgress, StateStore, WaitingCaller
 
 log = logging.getLogger(__name__)
@@ -263,12 +264,20 @@ def _call(call: CallInProgress, now: float) -> dict[str, Any]:
     }
 
 
+def _counters(document: str | None) -> dict[str, int]:
+    """A queue's counters as the AMI consumer last wrote them (all 0 before it counted anything)."""
+    counted = json.loads(document) if document is not None else {}
+    return {name: int(counted.get(name, 0)) for name in COUNTER_NAMES}
+
+
 async def get_live(request: web.Request) -> web.Response:
     current_user(request)
     ctx = request.app[CONTEXT]
     snapshot = await ctx.store.snapshot()
+    counters = await ctx.store.documents(COUNTERS_KIND)
     now = ctx.clock()
-    names = sorted(set(snapshot.callers) | {q for a in ctx.actions.agents.values() for q in a.skills})
+    skills = {q for a in ctx.actions.agents.values() for q in a.skills}
+    names = sorted(set(snapshot.callers) | skills | set(counters))
     queues = []
     for name in names:
         callers = snapshot.callers.get(name, ())
@@ -277,6 +286,7 @@ async def get_live(request: web.Request) -> web.Response:
                 "name": name,
                 "waiting": [_caller(c, i, now) for i, c in enumerate(callers, 1)],
                 "longest_wait_s": max((round(now - c.joined_at, 1) for c in callers), default=0.0),
+                "counters": _counters(counters.get(name)),
             }
         )
     agents = [_agent(a, ctx.actions.agents) for _, a in sorted(snapshot.agents.items())]

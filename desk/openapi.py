@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from desk.api import AGENT_ACTIONS, SESSION_COOKIE
+from routing.mirror import COUNTER_NAMES
 
 OPENAPI_PATH: Final = "/api/openapi.json"
 
@@ -99,6 +100,12 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "name": _STR,
             "waiting": {"type": "array", "items": _ref("WaitingCaller"), "description": "serving order"},
             "longest_wait_s": _NUM,
+            "counters": {
+                **_object({name: _INT for name in COUNTER_NAMES}),
+                "description": "calls counted by the live model since the AMI consumer started: each offered "
+                "call ends in one outcome at most (overflowed: queue timeout; exited: left with a key; "
+                "unresolved: left while AMI was down)",
+            },
         }
     ),
     "Agent": _object(

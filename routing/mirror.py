@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
 from typing import Final
 
-from routing.live import AgentView, CallView, Change, LiveModel
+from routing.live import AgentView, CallView, Change, LiveModel, QueueCounters
 from routing.live import WaitingCaller as LiveCaller
 from routing.state import AgentState, CallInProgress, Snapshot, StateStore, WaitingCaller
 
 LIVE_CHANNEL: Final = "live"  # pub/sub channel of the store: one JSON message per sync that changed something
+# Store documents, one per queue (JSON of routing.live.QueueCounters): what the model counted so far.
+COUNTERS_KIND: Final = "queue-counters"
+COUNTER_NAMES: Final = tuple(f.name for f in fields(QueueCounters))
 
 _Record = WaitingCaller | AgentState | CallInProgress
 _Key = tuple[str, str]  # ("caller" | "agent" | "call", uniqueid or agent id)
@@ -84,11 +88,13 @@ class StoreMirror:
         self._store = store
         self._priority_reason = priority_reason
         self._written: dict[_Key, _Record] = {}
+        self._counters: dict[str, str] = {}  # queue -> the counters document last written
         self._since: dict[str, tuple[str, float]] = {}  # agent -> (state shown, since when)
 
     async def adopt(self) -> None:
         """Take what the store holds as written (a new leader's first step, before its first sync)."""
         self._written = _stored(await self._store.snapshot())
+        self._counters = await self._store.documents(COUNTERS_KIND)
         self._since = {
             key[1]: (record.state, record.since)
             for key, record in self._written.items()
@@ -124,8 +130,8 @@ class StoreMirror:
         return wanted
 
     async def sync(self, now: float, changes: Sequence[Change] = ()) -> int:
-        """Write what differs from the last sync; publish it (with ``changes``) if anything did. Returns
-        the number of records written or deleted."""
+        """Write what differs from the last sync (records, then each queue's counters); publish it (with
+        ``changes``) if anything did. Returns the number of records and documents written or deleted."""
         wanted = self._wanted(now)
         written = 0
         for key in self._written:
@@ -137,6 +143,12 @@ class StoreMirror:
                 await self._put(record)
                 written += 1
         self._written = wanted
+        for queue in self._live.queue_names():
+            counters = json.dumps(asdict(self._live.counters(queue)), sort_keys=True)
+            if self._counters.get(queue) != counters:
+                await self._store.put_document(COUNTERS_KIND, queue, counters)
+                self._counters[queue] = counters
+                written += 1
         if written:
             message = {
                 "at": now,

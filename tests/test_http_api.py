@@ -40,6 +40,7 @@ from guichet import cli
 from guichet.config import ConfigError, HttpSettings, Settings
 from routing.agents import CurrentAmi
 from routing.callbacks import CallbackOutcome, QueuedCallback, QueuedCallbackRequest
+from routing.mirror import COUNTERS_KIND
 from routing.state import AgentState, CallInProgress, MemoryStateStore, StateStore, WaitingCaller
 from routing.state_redis import RedisStateStore
 from tests.redis_server import RedisServer
@@ -119,6 +120,7 @@ async def filled_store(store: StateStore | None = None) -> StateStore:
     await store.put_call(
         CallInProgress("2.1", "pmi", "PJSIP/agent-102", "0102030405", NOW - 45, caller_name=TRICKY_NAME)
     )
+    await store.put_document(COUNTERS_KIND, "apa", json.dumps({"offered": 9, "answered": 5, "abandoned": 1}))
     return store
 
 
@@ -303,6 +305,10 @@ async def test_live_snapshot_in_serving_order_with_names_intact(api: Api) -> Non
     assert [c["uniqueid"] for c in apa["waiting"]] == ["1.3", "1.2", "1.1"]
     assert [c["position"] for c in apa["waiting"]] == [1, 2, 3]
     assert apa["longest_wait_s"] == 300.0
+    assert apa["counters"] == {
+        "offered": 9, "answered": 5, "abandoned": 1, "overflowed": 0, "exited": 0, "unresolved": 0
+    }  # fmt: skip
+    assert queues["pmi"]["counters"]["offered"] == 0  # nothing counted yet
     tricky = apa["waiting"][1]
     assert tricky["caller_name"] == TRICKY_NAME
     assert tricky["waited_s"] == 60.0

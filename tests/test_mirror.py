@@ -6,7 +6,7 @@ import json
 
 from routing.ami import AmiMessage
 from routing.live import LiveModel
-from routing.mirror import LIVE_CHANNEL, StoreMirror
+from routing.mirror import COUNTERS_KIND, LIVE_CHANNEL, StoreMirror
 from routing.state import AgentState, CallInProgress, MemoryStateStore, WaitingCaller
 
 T0 = 1_764_345_600.0
@@ -57,7 +57,7 @@ async def test_the_store_follows_the_model_and_each_sync_is_published() -> None:
     )
     join(model, "PJSIP/c-2", "1.2", 1, T0 + 1, prio="20")  # urgent: ahead
     model.apply(member(), T0 + 1)
-    assert await mirror.sync(T0 + 1) == 3
+    assert await mirror.sync(T0 + 1) == 4  # 2 callers, 1 agent, the queue's counters
     (callers,) = (await store.snapshot()).callers.values()
     assert [c.uniqueid for c in callers] == ["1.2", "1.1"]
     second = callers[1]
@@ -67,7 +67,8 @@ async def test_the_store_follows_the_model_and_each_sync_is_published() -> None:
         "PJSIP/a101", "Marie Durand", "available", "", ("apa",), T0 + 1
     )
     message = json.loads(await updates.get() or "")
-    assert message["records"] == 3
+    assert message["records"] == 4
+    assert json.loads((await store.documents(COUNTERS_KIND))["apa"])["offered"] == 2
     # nothing changed: nothing written, nothing published
     assert await mirror.sync(T0 + 2) == 0
     # the urgent caller is answered; the agent's state changes, its "since" with it
@@ -84,13 +85,15 @@ async def test_the_store_follows_the_model_and_each_sync_is_published() -> None:
         ),
         T0 + 3,
     )
-    assert await mirror.sync(T0 + 3) == 3  # caller removed, call added, agent updated
+    assert await mirror.sync(T0 + 3) == 4  # caller removed, call added, agent updated, answered + 1
     snapshot = await store.snapshot()
     assert [c.uniqueid for c in snapshot.callers["apa"]] == ["1.1"]
     assert snapshot.calls["1.2"] == CallInProgress("1.2", "apa", "PJSIP/a101", "0611223344", T0 + 3)
     assert (snapshot.agents["PJSIP/a101"].state, snapshot.agents["PJSIP/a101"].since) == ("talking", T0 + 3)
     message = json.loads(await updates.get() or "")
-    assert message["records"] == 3
+    assert message["records"] == 4
+    counters = json.loads((await store.documents(COUNTERS_KIND))["apa"])
+    assert (counters["offered"], counters["answered"]) == (2, 1)
 
 
 async def test_a_new_leader_corrects_what_a_dead_one_left_in_the_store() -> None:
@@ -103,7 +106,8 @@ async def test_a_new_leader_corrects_what_a_dead_one_left_in_the_store() -> None
     model.apply(member(paused="1", reason="pause"), T0 + 50)
     mirror = StoreMirror(model, store)
     await mirror.adopt()
-    assert await mirror.sync(T0 + 60) == 2  # the stale caller and call removed; the agent unchanged
+    # the stale caller and call removed, the counters written; the agent unchanged
+    assert await mirror.sync(T0 + 60) == 3
     snapshot = await store.snapshot()
     assert snapshot.callers == {} and snapshot.calls == {}
     # unchanged state: its "since" is the one the dead leader wrote
