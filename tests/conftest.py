@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from routing.state import MemoryStateStore, StateStore
+from routing.state_redis import RedisStateStore
 from tests.redis_server import RedisServer, running_redis_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +36,21 @@ def captures_dir() -> Path:
 def redis_server() -> Iterator[RedisServer]:
     with running_redis_server() as server:
         yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[StateStore, StateStore]]:
+    """Two nodes' views of one live state: the same object in memory, two clients of one redis-server
+    (each test under its own key prefix)."""
+    if request.param == "memory":
+        store = MemoryStateStore()
+        yield store, store
+        await store.close()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test-{uuid.uuid4().hex}:"
+    first = RedisStateStore.from_url(server.url, prefix=prefix)
+    second = RedisStateStore.from_url(server.url, prefix=prefix)
+    yield first, second
+    await first.close()
+    await second.close()

@@ -64,8 +64,6 @@ from routing.callbacks import (
 from routing.errors import AmiConnectionLost
 from routing.live import AgentState, AgentView, WaitingCaller
 from routing.state import MemoryStateStore, StateStore
-from routing.state_redis import RedisStateStore
-from tests.redis_server import RedisServer
 from tests.sim_fixtures import AgiResponder
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -625,32 +623,15 @@ def test_the_agent_ring_time_must_end_before_the_keeper_gives_up_on_the_dial() -
 # --- several engine nodes: the store's inbox and the saved keeper --------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[StateStore, StateStore]]:
-    """Two nodes' views of one store: the same object in memory, two clients of one redis-server."""
-    if request.param == "memory":
-        store = MemoryStateStore()
-        yield store, store
-        await store.close()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    prefix = f"test-{uuid.uuid4().hex}:"
-    first = RedisStateStore.from_url(server.url, prefix=prefix)
-    second = RedisStateStore.from_url(server.url, prefix=prefix)
-    yield first, second
-    await first.close()
-    await second.close()
-
-
 def node(store: StateStore, now: list[float], prefix: str) -> SharedCallbacks:
     ids = itertools.count(1)
     return SharedCallbacks(store, clock=lambda: now[0], new_id=lambda: f"{prefix}{next(ids)}")
 
 
 async def test_requests_and_outcomes_from_any_node_reach_the_leaders_keeper(
-    stores: tuple[StateStore, StateStore],
+    pair: tuple[StateStore, StateStore],
 ) -> None:
-    leader_store, other_store = stores
+    leader_store, other_store = pair
     now = [MONDAY_10]
     here, there = node(leader_store, now, "a"), node(other_store, now, "b")
     k = keeper(clock=lambda: now[0])
@@ -711,8 +692,8 @@ async def test_requests_taken_from_the_inbox_are_saved_before_any_originate() ->
     assert [(c.id, c.state) for c in await shared.pending()] == [(callback, "dialing")]
 
 
-async def test_a_new_leader_restores_the_saved_keeper(stores: tuple[StateStore, StateStore]) -> None:
-    old_store, new_store = stores
+async def test_a_new_leader_restores_the_saved_keeper(pair: tuple[StateStore, StateStore]) -> None:
+    old_store, new_store = pair
     now = [MONDAY_10]
     sink = InMemoryCallbackSink()
     old = keeper(clock=lambda: now[0], attempts=1, dial_timeout_s=60.0)
@@ -739,8 +720,8 @@ async def test_a_new_leader_restores_the_saved_keeper(stores: tuple[StateStore, 
     assert dials(new, now[0] + 60, live) == [(gone, "PJSIP/agent2")]  # agent1 did not answer: rests
 
 
-async def test_unreadable_documents_are_set_aside_not_lost(stores: tuple[StateStore, StateStore]) -> None:
-    store, other = stores
+async def test_unreadable_documents_are_set_aside_not_lost(pair: tuple[StateStore, StateStore]) -> None:
+    store, other = pair
     await store.put_document(CALLBACKS_KIND, CALLBACKS_DOCUMENT, '{"callbacks": [{"id": 1}]}')
     await store.put_document(INBOX_KIND, "junk", "not json")
     await store.put_document(
@@ -764,8 +745,8 @@ async def test_unreadable_documents_are_set_aside_not_lost(stores: tuple[StateSt
     assert k.snapshot(MONDAY_10) == []
 
 
-async def test_a_node_refuses_a_bad_request_at_once(stores: tuple[StateStore, StateStore]) -> None:
-    store, _ = stores
+async def test_a_node_refuses_a_bad_request_at_once(pair: tuple[StateStore, StateStore]) -> None:
+    store, _ = pair
     with pytest.raises(ValueError, match="not a valid public phone number"):
         await node(store, [MONDAY_10], "a").keep(request("12"))
     assert await store.documents(INBOX_KIND) == {}

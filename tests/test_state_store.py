@@ -34,22 +34,6 @@ ODD_TEXT = 'Zoé "la fée" O\'Brien\nligne 2\t; DROP -- 🙂 \\ ü'
 LEASE = "ami-consumer"
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[StateStore, StateStore]]:
-    if request.param == "memory":
-        store = MemoryStateStore()
-        yield store, store
-        await store.close()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    prefix = f"test-{uuid.uuid4().hex}:"
-    first = RedisStateStore.from_url(server.url, prefix=prefix)
-    second = RedisStateStore.from_url(server.url, prefix=prefix)
-    yield first, second
-    await first.close()
-    await second.close()
-
-
 @pytest.fixture
 def store(pair: tuple[StateStore, StateStore]) -> StateStore:
     return pair[0]
