@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from routing.ami import AmiMessage, AmiParser, encode_action
@@ -11,11 +11,15 @@ from routing.ami import AmiMessage, AmiParser, encode_action
 
 @dataclass
 class AgiResponder:
-    """A FastAGI server that sends ``commands`` in order and records the raw bytes it gets back."""
+    """A FastAGI server that answers each session with ``commands``, or with what ``script`` gives for
+    its environment; it records the raw environment blocks, the parsed ones and every reply."""
 
     commands: Sequence[str] = ()
+    script: Callable[[Mapping[str, str]], Sequence[str]] | None = None
     envs: list[bytes] = field(default_factory=list)
+    fields: list[dict[str, str]] = field(default_factory=list)  # each session's agi_* variables
     replies: list[bytes] = field(default_factory=list)
+    session_replies: list[list[bytes]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -31,11 +35,33 @@ class AgiResponder:
                 break
             env += line
         self.envs.append(env)
-        for command in self.commands:
+        fields = dict(line.partition(": ")[::2] for line in env.decode().splitlines() if line)
+        self.fields.append(fields)
+        replies: list[bytes] = []
+        self.session_replies.append(replies)
+        for command in self.script(fields) if self.script is not None else self.commands:
             writer.write(command.encode() + b"\n")
             await writer.drain()
-            self.replies.append(await read_reply(reader))
+            replies.append(await read_reply(reader))
+            self.replies.append(replies[-1])
         writer.close()
+
+    def args_of(self, route: str) -> list[tuple[str, ...]]:
+        """The arguments of each session of ``route`` (agi_network_script), in order."""
+        return [
+            tuple(env[f"agi_arg_{n}"] for n in range(1, 20) if f"agi_arg_{n}" in env)
+            for env in self.fields
+            if env.get("agi_network_script") == route
+        ]
+
+    def replies_of(self, route: str) -> list[bytes]:
+        """Every reply received in the sessions of ``route``, in order."""
+        return [
+            reply
+            for env, replies in zip(self.fields, self.session_replies, strict=True)
+            if env.get("agi_network_script") == route
+            for reply in replies
+        ]
 
     async def stop(self) -> None:
         if self._server is not None:

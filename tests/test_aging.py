@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import pytest
 
-from guichet.config import Secret, Settings, parse_settings
+from guichet.config import RoutingSettings, Secret, Settings, parse_settings
 from guichet.engine import Engine
 from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE, GUICHET_URGENCY
 from ivr.agi_server import RouteTable
@@ -19,7 +19,7 @@ from routing.aging import AgingPolicy, AgingTicker, Score
 from routing.ami_client import AmiClient, AmiResponse
 from routing.errors import AmiConnectionLost
 from routing.live import Change, WaitingCaller
-from tests.sim_fixtures import read_reply
+from tests.sim_fixtures import AgiResponder
 
 # --- the policy --------------------------------------------------------------------------------------
 
@@ -134,40 +134,20 @@ LONG_WAIT_S = 120.0  # a normal caller who waited this long (4 targets: +40) bea
 LEVELS = {"normal": 0, "high": 10, "urgent": 20}  # QUEUE_PRIO per urgency (dialplans/settings/urgency.yaml)
 
 
-@dataclass
-class UrgencyIvr:
+def urgency_ivr(urgency: Mapping[str, str]) -> AgiResponder:
     """A FastAGI server playing the IVR: each caller's urgency comes from its number (``urgency``)."""
 
-    urgency: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    _server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        env: dict[str, str] = {}
-        while (line := (await reader.readline()).decode()).strip():
-            key, _, value = line.partition(":")
-            env[key] = value.strip()
-        level = self.urgency[env["agi_callerid"]]
-        for command in (
+    def commands(env: Mapping[str, str]) -> list[str]:
+        level = urgency[env["agi_callerid"]]
+        return [
             "ANSWER",
             f"SET VARIABLE {GUICHET_QUEUE} {QUEUE}",
             f"SET VARIABLE {GUICHET_PRIO} {LEVELS[level]}",
             f"SET VARIABLE {GUICHET_URGENCY} {level}",
             f"SET VARIABLE {GUICHET_IVR_DONE} 1",
-        ):
-            writer.write(command.encode() + b"\n")
-            await writer.drain()
-            await read_reply(reader)
-        writer.close()
+        ]
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    return AgiResponder(script=commands)
 
 
 class RecordingAmi:
@@ -192,13 +172,13 @@ class RecordingAmi:
 @dataclass
 class Rig:
     pbx: SimulatedPbx
-    ivr: UrgencyIvr
+    urgency: dict[str, str]  # caller number -> the urgency the IVR gives
     engine: Engine
     ami: RecordingAmi
     ticker: AgingTicker
 
     def call(self, number: str, urgency: str) -> CallHandle:
-        self.ivr.urgency[number] = urgency
+        self.urgency[number] = urgency
         return self.pbx.place_call(CallerScript(number, f"Caller {number}"))
 
     def queued_in_sim(self) -> list[str]:
@@ -218,7 +198,9 @@ class Rig:
 
 
 async def start_engine(pbx: SimulatedPbx) -> tuple[Engine, RecordingAmi, AgingTicker]:
-    engine = Engine(Settings(), Secret("secret"), RouteTable(), clock=pbx.clock.now)
+    """An engine whose own aging duty never ticks again after the start: the tests tick themselves."""
+    settings = Settings(routing=RoutingSettings(aging_interval_s=3600.0))
+    engine = Engine(settings, Secret("secret"), RouteTable(), clock=pbx.clock.now)
     await engine.connect_ami(pbx.ami_port)
     assert engine.ami is not None
     ami = RecordingAmi(engine.ami)
@@ -228,7 +210,8 @@ async def start_engine(pbx: SimulatedPbx) -> tuple[Engine, RecordingAmi, AgingTi
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    ivr = UrgencyIvr()
+    urgency: dict[str, str] = {}
+    ivr = urgency_ivr(urgency)
     await ivr.start()
     dialplan = inbound_dialplan(f"agi://127.0.0.1:{ivr.port}", requeue=False)
     pbx = SimulatedPbx(
@@ -238,7 +221,7 @@ async def rig() -> AsyncIterator[Rig]:
     try:
         engine, ami, ticker = await start_engine(pbx)
         try:
-            yield Rig(pbx, ivr, engine, ami, ticker)
+            yield Rig(pbx, urgency, engine, ami, ticker)
         finally:
             await engine.close()
     finally:

@@ -8,9 +8,8 @@ A small FastAGI responder answers each route with its own scripted commands and 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -36,48 +35,16 @@ from pbx_sim import (
 )
 from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN, INBOUND_CONTEXT, inbound_dialplan
 from routing.ami import AmiMessage
-from tests.sim_fixtures import AmiReader, read_reply
+from tests.sim_fixtures import AgiResponder, AmiReader
 
 SPEED = 20.0
 AGENT = "PJSIP/agent1"
 CITIZEN = "+33612345678"
 
 
-@dataclass
-class RouteResponder:
+def route_responder(commands: Mapping[str, Sequence[str]]) -> AgiResponder:
     """A FastAGI server answering each route (agi_network_script) with its own commands."""
-
-    commands: Mapping[str, Sequence[str]]
-    calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (route, args) in order
-    replies: dict[str, list[bytes]] = field(default_factory=dict)
-    port: int = 0
-    _server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        env: dict[str, str] = {}
-        while (line := await reader.readline()) not in (b"\n", b""):
-            key, _, value = line.decode().rstrip("\n").partition(": ")
-            env[key] = value
-        route = env.get("agi_network_script", "")
-        args = tuple(env[f"agi_arg_{n}"] for n in range(1, 20) if f"agi_arg_{n}" in env)
-        self.calls.append((route, args))
-        for command in self.commands.get(route, ()):
-            writer.write(command.encode() + b"\n")
-            await writer.drain()
-            self.replies.setdefault(route, []).append(await read_reply(reader))
-        writer.close()
-
-    def args_of(self, route: str) -> list[tuple[str, ...]]:
-        return [args for name, args in self.calls if name == route]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    return AgiResponder(script=lambda env: commands.get(env.get("agi_network_script", ""), ()))
 
 
 CONFIRM_WITH_KEY = [
@@ -96,24 +63,24 @@ class Leg:
     """What one callback Originate gave: the AMI story and the routes' arguments."""
 
     messages: list[AmiMessage]
-    agi: RouteResponder
+    agi: AgiResponder
 
     def events(self, name: str) -> list[AmiMessage]:
         return [m for m in self.messages if m.kind == "event" and m.name == name]
 
 
 @pytest.fixture
-async def responders() -> AsyncIterator[list[RouteResponder]]:
-    made: list[RouteResponder] = []
+async def responders() -> AsyncIterator[list[AgiResponder]]:
+    made: list[AgiResponder] = []
     yield made
     for responder in made:
         await responder.stop()
 
 
 async def callback_leg(
-    made: list[RouteResponder], confirm: Sequence[str], callee: Callee, agent_answers: bool = True
+    made: list[AgiResponder], confirm: Sequence[str], callee: Callee, agent_answers: bool = True
 ) -> Leg:
-    agi = RouteResponder({ROUTE_CALLBACK_CONFIRM: confirm})
+    agi = route_responder({ROUTE_CALLBACK_CONFIRM: confirm})
     made.append(agi)
     await agi.start()
     config = SimConfig(
@@ -159,7 +126,7 @@ def agent_states(leg: Leg) -> list[str]:
 
 
 async def test_originate_runs_the_callback_context_and_the_citizen_confirms(
-    responders: list[RouteResponder],
+    responders: list[AgiResponder],
 ) -> None:
     leg = await callback_leg(responders, CONFIRM_WITH_KEY, Callee(keys=[KeyPress(1.0, "1")], talk_s=5))
     (response,) = leg.events("OriginateResponse")
@@ -169,7 +136,7 @@ async def test_originate_runs_the_callback_context_and_the_citizen_confirms(
     assert dial.get("DialString") == f"{CITIZEN}@trunk"
     # the U() subroutine ran on the citizen's leg with the callback id as ARG1, then the bridge
     assert leg.agi.args_of(ROUTE_CALLBACK_CONFIRM) == [("cb-7",)]
-    assert leg.agi.replies[ROUTE_CALLBACK_CONFIRM][0] == b"200 result=49\n"  # the citizen's "1"
+    assert leg.agi.replies_of(ROUTE_CALLBACK_CONFIRM)[0] == b"200 result=49\n"  # the citizen's "1"
     entered = {e.get("Channel", "").split("-")[0] for e in leg.events("BridgeEnter")}
     assert entered == {AGENT, "PJSIP/trunk"}
     # DIALSTATUS, the id and what the citizen's leg set through MASTER_CHANNEL() reach the agent's leg
@@ -178,24 +145,24 @@ async def test_originate_runs_the_callback_context_and_the_citizen_confirms(
 
 
 async def test_nobody_confirms_continue_hangs_up_the_citizen_before_any_bridge(
-    responders: list[RouteResponder],
+    responders: list[AgiResponder],
 ) -> None:
     leg = await callback_leg(responders, CONFIRM_NOBODY, Callee(keys=()))
-    assert leg.agi.replies[ROUTE_CALLBACK_CONFIRM][0] == b"200 result=0\n"  # no key: voicemail, nobody
+    assert leg.agi.replies_of(ROUTE_CALLBACK_CONFIRM)[0] == b"200 result=0\n"  # no key: voicemail, nobody
     assert leg.events("BridgeEnter") == []
     assert [e.get("DialStatus") for e in leg.events("DialEnd")] == ["CONTINUE"]  # app_dial publishes it
     assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == [("ANSWER", "cb-7", "0")]
 
 
 async def test_a_citizen_hanging_up_in_the_subroutine_lets_the_agent_leg_go_on_with_g(
-    responders: list[RouteResponder],
+    responders: list[AgiResponder],
 ) -> None:
     leg = await callback_leg(responders, ["HANGUP"], Callee())
     assert leg.events("BridgeEnter") == []
     assert leg.agi.args_of(ROUTE_CALLBACK_RESULT) == [("ANSWER", "cb-7", "")]
 
 
-async def test_abort_hangs_up_both_legs(responders: list[RouteResponder]) -> None:
+async def test_abort_hangs_up_both_legs(responders: list[AgiResponder]) -> None:
     leg = await callback_leg(responders, [f"SET VARIABLE {GOSUB_RESULT} ABORT"], Callee())
     assert leg.events("BridgeEnter") == []
     assert leg.agi.args_of(ROUTE_CALLBACK_CONFIRM) == [("cb-7",)]
@@ -212,7 +179,7 @@ async def test_abort_hangs_up_both_legs(responders: list[RouteResponder]) -> Non
     ],
 )
 async def test_a_citizen_who_does_not_answer_gives_its_dialstatus(
-    responders: list[RouteResponder], result: str, status: str
+    responders: list[AgiResponder], result: str, status: str
 ) -> None:
     leg = await callback_leg(responders, CONFIRM_WITH_KEY, Callee(result=result))
     assert leg.agi.args_of(ROUTE_CALLBACK_CONFIRM) == []
@@ -221,17 +188,17 @@ async def test_a_citizen_who_does_not_answer_gives_its_dialstatus(
 
 
 async def test_an_agent_who_does_not_answer_never_enters_the_callback_context(
-    responders: list[RouteResponder],
+    responders: list[AgiResponder],
 ) -> None:
     leg = await callback_leg(responders, CONFIRM_WITH_KEY, Callee(), agent_answers=False)
     (response,) = leg.events("OriginateResponse")
     assert (response.get("Response"), response.get("Reason")) == ("Failure", "3")
-    assert leg.events("DialBegin") == [] and leg.agi.calls == []
+    assert leg.events("DialBegin") == [] and leg.agi.fields == []
     assert agent_states(leg) == ["RINGING", "NOT_INUSE"]
 
 
 async def test_epoch_is_the_simulated_time_when_the_caller_joins_the_queue() -> None:
-    agi = RouteResponder({"ivr": ["SET VARIABLE GUICHET_QUEUE apa", "SET VARIABLE GUICHET_IVR_DONE 1"]})
+    agi = route_responder({"ivr": ["SET VARIABLE GUICHET_QUEUE apa", "SET VARIABLE GUICHET_IVR_DONE 1"]})
     await agi.start()
     epoch = 1_795_000_000.0
     config = SimConfig(agi_port=agi.port, speed=SPEED, queues=(QueueConfig("apa"),), epoch=epoch)
