@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pbx_sim import SimulatedPbx
+from pbx_sim.channels import AmiEvent
 from routing.ami import AmiMessage, AmiParser, encode_action
 
 
@@ -131,3 +133,16 @@ class AmiReader:
     async def close(self) -> None:
         self.writer.close()
         await self.writer.wait_closed()
+
+
+def recorded_events(pbx: SimulatedPbx) -> list[AmiEvent]:
+    """Every AMI event ``pbx`` emits from now on, in order (the list fills as they come)."""
+    events: list[AmiEvent] = []
+    emit = pbx.emit
+
+    def record(event: AmiEvent) -> None:
+        events.append(event)
+        emit(event)
+
+    pbx.emit = record  # type: ignore[method-assign]
+    return events

@@ -54,6 +54,7 @@ from ivr.urgency import UrgencyRules
 from pbx_sim import CallerScript, CallOutcome, KeyPress, QueueConfig, SimAgent, SimConfig, SimulatedPbx
 from pbx_sim.channels import AmiEvent
 from tests.conftest import REPO
+from tests.sim_fixtures import recorded_events
 
 SPEED = 50.0
 PARIS = ZoneInfo("Europe/Paris")
@@ -99,14 +100,7 @@ async def place(agi_port: int, script: CallerScript) -> Observed:
     queues = [QueueConfig(q) for q in SERVICE_QUEUES]
     async with SimulatedPbx(SimConfig(agi_port=agi_port, speed=SPEED, queues=queues)) as pbx:
         pbx.add_agent(SimAgent("PJSIP/agent1", "Agent", queues=SERVICE_QUEUES, answer_delay=1, talk_time=2))
-        events: list[AmiEvent] = []
-        emit = pbx.emit
-
-        def record(event: AmiEvent) -> None:
-            events.append(event)
-            emit(event)
-
-        pbx.emit = record  # type: ignore[method-assign]
+        events = recorded_events(pbx)
         handle = pbx.place_call(script)
         outcome = await handle.finished
     return Observed(outcome, dict(handle.channel.variables), events)

@@ -61,7 +61,7 @@ from pbx_sim.channels import AmiEvent
 from pbx_sim.dialplan import CALLBACK_DIAL_CONTEXT, CALLBACK_EXTEN, inbound_dialplan
 from routing.callbacks import CallbackOutcome, QueuedCallback, QueuedCallbackRequest
 from tests.conftest import REPO
-from tests.sim_fixtures import AmiReader
+from tests.sim_fixtures import AmiReader, recorded_events
 
 SPEED = 50.0
 OPEN = datetime(2026, 6, 2, 10, 0, tzinfo=ZoneInfo("Europe/Paris"))  # a Tuesday, 10:00
@@ -151,14 +151,7 @@ async def rig(
         callees=callees or {},
     )
     pbx = SimulatedPbx(config)
-    events: list[AmiEvent] = []
-    emit = pbx.emit
-
-    def record(event: AmiEvent) -> None:
-        events.append(event)
-        emit(event)
-
-    pbx.emit = record  # type: ignore[method-assign]
+    events = recorded_events(pbx)
     try:
         async with pbx:
             if general_agent:
