@@ -81,7 +81,7 @@ RUNTIME_DIRS: Final = ("var/lib", "var/spool", "var/run", "var/log", "agi-bin", 
 # (apps/app_queue.c, reload_queues): a queue of that name cannot exist.
 RESERVED_QUEUE_NAMES: Final = frozenset({"general"})
 
-_PATTERN = re.compile(r"^(_[0-9XZN.!\[\]-]+|[0-9A-Za-z*#+]+)$")  # extension: literal or _pattern
+_PATTERN = re.compile(r"^(_\+?[0-9XZN.!\[\]-]+|[0-9A-Za-z*#+]+)$")  # extension: literal or _pattern
 _APP = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _AGI_URL = re.compile(r"^h?agi://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?$")
 

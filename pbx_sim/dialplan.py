@@ -230,7 +230,8 @@ def inbound_dialplan(
     )
     return Dialplan(
         {
-            INBOUND_CONTEXT: {"_X.": inbound},
+            # the single number as the trunk sends it: national digits, or E.164 with its '+'
+            INBOUND_CONTEXT: {"_X.": inbound, "_+X.": inbound},
             QUEUE_EXIT_CONTEXT: {"_X": back_in_queue},
             CALLBACK_DIAL_CONTEXT: {CALLBACK_EXTEN: callback_dial},
             CALLBACK_CONFIRM_CONTEXT: {"s": callback_confirm},  # Dial U() always starts at s,1

@@ -241,3 +241,19 @@ def test_hours_without_the_platform_schedule_stop_the_start_up(tmp_path: Path) -
     settings = parse_settings({"ivr": {"menus_dir": str(menus)}}, "guichet.toml")
     with pytest.raises(ConfigError, match="no schedule 'plateforme'"):
         Engine(settings, Secret("secret"), RouteTable())
+
+
+@pytest.mark.parametrize("dialled", ["0320000000", "+33320000000", "3900"])
+async def test_the_single_number_reaches_the_ivr_however_the_trunk_writes_it(dialled: str) -> None:
+    agi = AgiResponder(IVR_COMMANDS)
+    await agi.start()
+    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}")
+    config = SimConfig(agi_port=agi.port, speed=SPEED, queues=(QueueConfig(QUEUE),), dialplan=dialplan)
+    try:
+        async with SimulatedPbx(config) as pbx:
+            handle = pbx.place_call(CallerScript("0611111111", dnid=dialled, hangup_after_s=2))
+            outcome = await handle.finished
+    finally:
+        await agi.stop()
+    assert outcome.agistatus == "SUCCESS"
+    assert [env["agi_extension"] for env in agi.fields] == [dialled]
