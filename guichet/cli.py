@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from redis.exceptions import RedisError
+
 from desk.auth import ROLES, add_user
 from guichet import asterisk_conf
 from guichet.config import ConfigError, Settings, load_settings
@@ -172,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (AmiAuthError, AmiConnectionLost) as exc:
         print(f"guichet: cannot log in to the AMI: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"guichet: cannot reach the live state store (Redis): {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port already taken, Asterisk unreachable...
+        print(f"guichet: cannot listen or connect: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("guichet: stopped", file=sys.stderr)

@@ -101,3 +101,33 @@ async def test_serve_refuses_invalid_menus(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 2
     assert f"{menus / 'guichet.yaml'}:4: nodes.a.type:" in err.decode()
+
+
+async def test_serve_says_why_it_cannot_start_without_a_traceback(tmp_path: Path) -> None:
+    """A web port already taken, then a Redis nobody listens on: one clear line each, exit 1."""
+    sim = SimulatedPbx(SimConfig(agi_port=free_port(), ami_users={"guichet": SECRET}))
+    await sim.start()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    base = f"[agi]\nport = {free_port()}\n[ami]\nport = {sim.ami_port}\n"
+    cases = [
+        (f"[http]\nport = {taken.getsockname()[1]}\n", "guichet: cannot listen or connect:"),
+        (
+            f'[http]\nport = {free_port()}\n[state]\nbackend = "redis"\n'
+            f'redis_url = "redis://127.0.0.1:{free_port()}/0"\n',
+            "guichet: cannot reach the live state store (Redis):",
+        ),
+    ]
+    try:
+        for extra, message in cases:
+            config = tmp_path / "guichet.toml"
+            config.write_text(base + extra, encoding="utf-8")
+            proc = await start_serve(config, SECRET)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+            assert proc.returncode == 1, err.decode()
+            assert message in err.decode()
+            assert "Traceback" not in err.decode()
+    finally:
+        taken.close()
+        await sim.stop()
