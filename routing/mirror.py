@@ -19,7 +19,7 @@ from typing import Final
 
 from routing.live import AgentView, CallView, Change, LiveModel, QueueCounters
 from routing.live import WaitingCaller as LiveCaller
-from routing.state import AgentState, CallInProgress, Snapshot, StateStore, WaitingCaller
+from routing.state import AgentState, CallInProgress, Snapshot, StateStore, StoreWriter, WaitingCaller
 
 LIVE_CHANNEL: Final = "live"  # pub/sub channel of the store: one JSON message per sync that changed something
 # Store documents, one per queue (JSON of routing.live.QueueCounters): what the model counted so far.
@@ -130,47 +130,48 @@ class StoreMirror:
         return wanted
 
     async def sync(self, now: float, changes: Sequence[Change] = ()) -> int:
-        """Write what differs from the last sync (records, then each queue's counters); publish it (with
-        ``changes``) if anything did. Returns the number of records and documents written or deleted."""
+        """Write what differs from the last sync (records, then each queue's counters) and publish it (with
+        ``changes``) if anything did, in one batch of the store: readers see all of it or none.  Returns
+        the number of records and documents written or deleted."""
         wanted = self._wanted(now)
-        written = 0
-        for key in self._written:
-            if key not in wanted:
-                await self._remove(key)
-                written += 1
-        for key, record in wanted.items():
-            if self._written.get(key) != record:
-                await self._put(record)
-                written += 1
+        counters = {
+            queue: json.dumps(asdict(self._live.counters(queue)), sort_keys=True)
+            for queue in self._live.queue_names()
+        }
+        gone = [key for key in self._written if key not in wanted]
+        changed = [record for key, record in wanted.items() if self._written.get(key) != record]
+        counted = {queue: text for queue, text in counters.items() if self._counters.get(queue) != text}
+        written = len(gone) + len(changed) + len(counted)
+        if not written:
+            return 0
+        async with self._store.batch() as writes:
+            for key in gone:
+                await _remove(writes, key)
+            for record in changed:
+                await _put(writes, record)
+            for queue, text in counted.items():
+                await writes.put_document(COUNTERS_KIND, queue, text)
+            message = {"at": now, "records": written, "changes": [[c.kind, c.key, c.queue] for c in changes]}
+            await writes.publish(LIVE_CHANNEL, json.dumps(message, ensure_ascii=False))
         self._written = wanted
-        for queue in self._live.queue_names():
-            counters = json.dumps(asdict(self._live.counters(queue)), sort_keys=True)
-            if self._counters.get(queue) != counters:
-                await self._store.put_document(COUNTERS_KIND, queue, counters)
-                self._counters[queue] = counters
-                written += 1
-        if written:
-            message = {
-                "at": now,
-                "records": written,
-                "changes": [[c.kind, c.key, c.queue] for c in changes],
-            }
-            await self._store.publish(LIVE_CHANNEL, json.dumps(message, ensure_ascii=False))
+        self._counters.update(counted)
         return written
 
-    async def _put(self, record: _Record) -> None:
-        if isinstance(record, WaitingCaller):
-            await self._store.put_caller(record)
-        elif isinstance(record, AgentState):
-            await self._store.put_agent(record)
-        else:
-            await self._store.put_call(record)
 
-    async def _remove(self, key: _Key) -> None:
-        kind, name = key
-        if kind == "caller":
-            await self._store.remove_caller(name)
-        elif kind == "agent":
-            await self._store.remove_agent(name)
-        else:
-            await self._store.remove_call(name)
+async def _put(writes: StoreWriter, record: _Record) -> None:
+    if isinstance(record, WaitingCaller):
+        await writes.put_caller(record)
+    elif isinstance(record, AgentState):
+        await writes.put_agent(record)
+    else:
+        await writes.put_call(record)
+
+
+async def _remove(writes: StoreWriter, key: _Key) -> None:
+    kind, name = key
+    if kind == "caller":
+        await writes.remove_caller(name)
+    elif kind == "agent":
+        await writes.remove_agent(name)
+    else:
+        await writes.remove_call(name)

@@ -34,9 +34,10 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields, replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,28 @@ class Subscription(abc.ABC):
         await self.close()
 
 
+class StoreWriter(Protocol):
+    """The writes a :meth:`StateStore.batch` groups (the store's own methods; removals return nothing
+    useful inside a batch)."""
+
+    async def put_caller(self, caller: WaitingCaller) -> None: ...
+    async def remove_caller(self, uniqueid: str) -> object: ...
+    async def put_agent(self, agent: AgentState) -> None: ...
+    async def remove_agent(self, agent: str) -> object: ...
+    async def put_call(self, call: CallInProgress) -> None: ...
+    async def remove_call(self, uniqueid: str) -> object: ...
+    async def put_document(self, kind: str, ident: str, text: str) -> None: ...
+    async def publish(self, channel: str, message: str) -> None: ...
+
+
 class StateStore(abc.ABC):
     """The live state store's contract (see the module's docstring)."""
+
+    @abc.abstractmethod
+    def batch(self) -> AbstractAsyncContextManager[StoreWriter]:
+        """``async with store.batch() as writes:`` the writes made through ``writes`` take effect together
+        when the block ends without an error (none of them otherwise, on Redis): no reader ever sees
+        half of them, and a message published in the block reaches subscribers once they all hold."""
 
     # --- waiting callers
     @abc.abstractmethod
@@ -414,6 +435,12 @@ class MemoryStateStore(StateStore):
     def _check_open(self) -> None:
         if self._closed:
             raise StateStoreClosed("the live state store is closed")
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[StoreWriter]:
+        # Every write completes without yielding: nothing else runs until the block awaits something else.
+        self._check_open()
+        yield self
 
     async def put_caller(self, caller: WaitingCaller) -> None:
         self._check_open()

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+from collections.abc import AsyncIterator
 from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError
 
 from routing.state import (
@@ -35,6 +37,7 @@ from routing.state import (
     Snapshot,
     StateStore,
     StateStoreClosed,
+    StoreWriter,
     Subscription,
     WaitingCaller,
     check_caller,
@@ -156,6 +159,7 @@ class RedisStateStore(StateStore):
         if not client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisStateStore needs a client made with decode_responses=True")
         self._redis = client
+        self._writer: aioredis.Redis | Pipeline = client  # where writes go: the client, or a batch's pipeline
         self._prefix = prefix
         self._owns_client = owns_client
         self._subscriptions: set[QueueSubscription] = set()
@@ -180,6 +184,16 @@ class RedisStateStore(StateStore):
         if self._closed:
             raise StateStoreClosed("the live state store is closed")
 
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[StoreWriter]:
+        """The writes of the block go into one MULTI/EXEC transaction, sent when the block ends."""
+        self._check_open()
+        async with self._redis.pipeline(transaction=True) as pipeline:
+            writer = copy.copy(self)
+            writer._writer = pipeline
+            yield writer
+            await pipeline.execute()
+
     # --- waiting callers
     async def put_caller(self, caller: WaitingCaller) -> None:
         self._check_open()
@@ -192,12 +206,15 @@ class RedisStateStore(StateStore):
                 self._key("queues"),
             ],
             args=[self._key("queue:"), serving_rank(caller), caller.uniqueid, caller.queue, *_flat(caller)],
+            client=self._writer,
         )
 
     async def remove_caller(self, uniqueid: str) -> bool:
         self._check_open()
         removed = await self._remove_caller(
-            keys=[self._key("caller:", uniqueid), self._key("queues")], args=[self._key("queue:")]
+            keys=[self._key("caller:", uniqueid), self._key("queues")],
+            args=[self._key("queue:")],
+            client=self._writer,
         )
         return bool(removed)
 
@@ -217,11 +234,15 @@ class RedisStateStore(StateStore):
 
     async def _put(self, key: str, index: str, ident: str, record: AgentState | CallInProgress) -> None:
         self._check_open()
-        await self._put_record(keys=[key, self._key(index)], args=[ident, *_flat(record)])
+        await self._put_record(
+            keys=[key, self._key(index)], args=[ident, *_flat(record)], client=self._writer
+        )
 
     async def _remove(self, key: str, index: str, ident: str) -> bool:
         self._check_open()
-        return bool(await self._remove_record(keys=[key, self._key(index)], args=[ident]))
+        return bool(
+            await self._remove_record(keys=[key, self._key(index)], args=[ident], client=self._writer)
+        )
 
     async def put_agent(self, agent: AgentState) -> None:
         check_name("agent id", agent.agent)
@@ -248,7 +269,7 @@ class RedisStateStore(StateStore):
         self._check_open()
         check_name("document kind", kind)
         check_name("document id", ident)
-        await self._redis.hset(self._key("doc:", kind), ident, text)
+        await self._writer.hset(self._key("doc:", kind), ident, text)
 
     async def remove_document(self, kind: str, ident: str) -> bool:
         self._check_open()
@@ -277,7 +298,7 @@ class RedisStateStore(StateStore):
     # --- live updates
     async def publish(self, channel: str, message: str) -> None:
         self._check_open()
-        await self._redis.publish(self._key(channel), message)
+        await self._writer.publish(self._key(channel), message)
 
     async def subscribe(self, channel: str) -> Subscription:
         self._check_open()

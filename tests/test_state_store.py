@@ -239,6 +239,61 @@ async def test_snapshot_never_sees_a_half_done_change(pair: tuple[StateStore, St
         await task
 
 
+async def test_a_batch_is_seen_whole_and_its_message_comes_after_it(
+    pair: tuple[StateStore, StateStore],
+) -> None:
+    """A call answered: the caller leaves the queue, the call and the agent's state change, one message.
+    The other node never sees half of it, and whoever gets the message reads all of it."""
+    writer, reader = pair
+    await writer.put_caller(caller("c1", queue="apa"))
+    updates = await reader.subscribe("live")
+    stop = asyncio.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    async def watch() -> None:
+        while not stop.is_set():
+            snapshot = await reader.snapshot()
+            seen.append(
+                ("c1" in {c.uniqueid for cs in snapshot.callers.values() for c in cs}, "c1" in snapshot.calls)
+            )
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    async with writer.batch() as writes:
+        await writes.remove_caller("c1")
+        await writes.put_call(CallInProgress("c1", "apa", "PJSIP/a1", "0611", T0))
+        await writes.put_agent(agent("PJSIP/a1", "talking", "apa"))
+        await writes.put_document("queue-counters", "apa", '{"answered": 1}')
+        await writes.publish("live", "answered c1")
+    assert await next_messages(updates, 1) == ["answered c1"]
+    snapshot = await reader.snapshot()
+    assert (snapshot.callers, set(snapshot.calls), snapshot.agents["PJSIP/a1"].state) == (
+        {},
+        {"c1"},
+        "talking",
+    )
+    assert await reader.documents("queue-counters") == {"apa": '{"answered": 1}'}
+    await asyncio.sleep(0.01)
+    stop.set()
+    await watcher
+    await updates.close()
+    assert (True, True) not in seen and (False, False) not in seen  # never both, never neither
+
+
+async def test_a_failed_batch_writes_nothing_on_redis(redis_server: RedisServer) -> None:
+    """On Redis the batch is sent when its block ends: an error in the block leaves the store as it was."""
+    store = RedisStateStore.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    try:
+        with pytest.raises(RuntimeError, match="mirror failed"):
+            async with store.batch() as writes:
+                await writes.put_caller(caller("c9", queue="apa"))
+                raise RuntimeError("mirror failed")
+        assert await store.get_caller("c9") is None
+    finally:
+        await store.close()
+
+
 # --- pub/sub
 
 
