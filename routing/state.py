@@ -13,6 +13,8 @@ What the store holds:
   arrival order (the order in which the store first saw each caller, kept when a caller is updated:
   like app_queue, an equal-priority newcomer goes behind those already there);
 * agents (state, paused reason, queues, since) and calls in progress;
+* durable documents by kind and id (queue counters, queued callbacks, requests for the AMI consumer);
+* batches of writes (:meth:`StateStore.batch`) that readers see whole, their message published last;
 * a publish/subscribe bus of plain-string messages (JSON when structured) for live updates;
 * named leader leases: :meth:`StateStore.try_acquire_leader` / :meth:`~StateStore.renew_leader` /
   :meth:`~StateStore.release_leader`, and the :class:`Leadership` helper (``async with
