@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from pbx_sim import SimulatedPbx
+from guichet.config import Secret, Settings
+from guichet.engine import Engine
+from ivr.agi_server import RouteTable
+from pbx_sim import QueueConfig, SimConfig, SimulatedPbx, inbound_dialplan
 from pbx_sim.channels import AmiEvent
 from routing.ami import AmiMessage, AmiParser, encode_action
 
@@ -146,3 +150,25 @@ def recorded_events(pbx: SimulatedPbx) -> list[AmiEvent]:
 
     pbx.emit = record  # type: ignore[method-assign]
     return events
+
+
+@asynccontextmanager
+async def engine_beside_sim(
+    ivr: AgiResponder, queue: str, speed: float, *, settings: Settings | None = None, connect: bool = True
+) -> AsyncIterator[tuple[SimulatedPbx, Engine]]:
+    """A simulated PBX whose calls run ``ivr`` then wait in ``queue``, and an engine (no AGI routes of
+    its own) logged in to its AMI unless ``connect`` is False; everything stopped afterwards."""
+    await ivr.start()
+    try:
+        dialplan = inbound_dialplan(f"agi://127.0.0.1:{ivr.port}", requeue=False)
+        config = SimConfig(agi_port=ivr.port, speed=speed, queues=(QueueConfig(queue),), dialplan=dialplan)
+        async with SimulatedPbx(config) as pbx:
+            engine = Engine(settings or Settings(), Secret("secret"), RouteTable(), clock=pbx.clock.now)
+            try:
+                if connect:
+                    await engine.connect_ami(pbx.ami_port)
+                yield pbx, engine
+            finally:
+                await engine.close()
+    finally:
+        await ivr.stop()

@@ -14,12 +14,12 @@ from guichet.config import RoutingSettings, Secret, Settings, parse_settings
 from guichet.engine import Engine
 from guichet.names import GUICHET_IVR_DONE, GUICHET_PRIO, GUICHET_QUEUE, GUICHET_URGENCY
 from ivr.agi_server import RouteTable
-from pbx_sim import CallerScript, CallHandle, QueueConfig, SimAgent, SimConfig, SimulatedPbx, inbound_dialplan
+from pbx_sim import CallerScript, CallHandle, SimAgent, SimulatedPbx
 from routing.aging import AgingPolicy, AgingTicker, Score
 from routing.ami_client import AmiClient, AmiResponse
 from routing.errors import AmiConnectionLost
 from routing.live import Change, WaitingCaller
-from tests.sim_fixtures import AgiResponder
+from tests.sim_fixtures import AgiResponder, engine_beside_sim
 
 # --- the policy --------------------------------------------------------------------------------------
 
@@ -197,36 +197,21 @@ class Rig:
         return self.pbx.clock.now() - self.pbx.queues.queues[QUEUE].caller(handle.channel.name).join_time
 
 
-async def start_engine(pbx: SimulatedPbx) -> tuple[Engine, RecordingAmi, AgingTicker]:
-    """An engine whose own aging duty never ticks again after the start: the tests tick themselves."""
-    settings = Settings(routing=RoutingSettings(aging_interval_s=3600.0))
-    engine = Engine(settings, Secret("secret"), RouteTable(), clock=pbx.clock.now)
-    await engine.connect_ami(pbx.ami_port)
+# The engine's own aging duty never ticks again after the start: the tests tick themselves.
+QUIET = Settings(routing=RoutingSettings(aging_interval_s=3600.0))
+
+
+def ticking(engine: Engine, pbx: SimulatedPbx) -> tuple[RecordingAmi, AgingTicker]:
     assert engine.ami is not None
     ami = RecordingAmi(engine.ami)
-    ticker = AgingTicker(ami, engine.live, AgingPolicy.from_settings(Settings()), pbx.clock.now)
-    return engine, ami, ticker
+    return ami, AgingTicker(ami, engine.live, AgingPolicy.from_settings(Settings()), pbx.clock.now)
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     urgency: dict[str, str] = {}
-    ivr = urgency_ivr(urgency)
-    await ivr.start()
-    dialplan = inbound_dialplan(f"agi://127.0.0.1:{ivr.port}", requeue=False)
-    pbx = SimulatedPbx(
-        SimConfig(agi_port=ivr.port, speed=SPEED, queues=(QueueConfig(QUEUE),), dialplan=dialplan)
-    )
-    await pbx.start()
-    try:
-        engine, ami, ticker = await start_engine(pbx)
-        try:
-            yield Rig(pbx, urgency, engine, ami, ticker)
-        finally:
-            await engine.close()
-    finally:
-        await pbx.stop()
-        await ivr.stop()
+    async with engine_beside_sim(urgency_ivr(urgency), QUEUE, SPEED, settings=QUIET) as (pbx, engine):
+        yield Rig(pbx, urgency, engine, *ticking(engine, pbx))
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -346,8 +331,10 @@ async def test_a_new_leader_ages_from_queue_prio_not_from_the_aged_priority(rig:
     assert (aged.base, rig.sim_priority(urgent)) == (20, aged.priority)
     assert aged.priority > 30
     # another node takes over: its live model comes from QueueStatus (the aged priority) and Getvar
-    leader, _ami, ticker = await start_engine(rig.pbx)
+    leader = Engine(QUIET, Secret("secret"), RouteTable(), clock=rig.pbx.clock.now)
     try:
+        await leader.connect_ami(rig.pbx.ami_port)
+        _, ticker = ticking(leader, rig.pbx)
         (seen,) = leader.live.callers(QUEUE)
         assert seen.priority == aged.priority
         # the engine's resync read QUEUE_PRIO with Getvar: QueueChangePriorityCaller left it as is

@@ -64,7 +64,7 @@ from routing.callbacks import (
 from routing.errors import AmiConnectionLost
 from routing.live import AgentState, AgentView, WaitingCaller
 from routing.state import MemoryStateStore, StateStore
-from tests.sim_fixtures import AgiResponder
+from tests.sim_fixtures import AgiResponder, engine_beside_sim
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY = ((TimeRange(8 * 60 + 30, 17 * 60 + 30),),)
@@ -816,21 +816,8 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    agi = AgiResponder(IVR_COMMANDS)
-    await agi.start()
-    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}", requeue=False)
-    pbx = SimulatedPbx(
-        SimConfig(agi_port=agi.port, speed=SPEED, queues=(QueueConfig(QUEUE),), dialplan=dialplan)
-    )
-    await pbx.start()
-    engine = Engine(Settings(), Secret("secret"), RouteTable(), clock=pbx.clock.now)
-    await engine.connect_ami(pbx.ami_port)
-    try:
+    async with engine_beside_sim(AgiResponder(IVR_COMMANDS), QUEUE, SPEED) as (pbx, engine):
         yield Rig(pbx, engine)
-    finally:
-        await engine.close()
-        await pbx.stop()
-        await agi.stop()
 
 
 async def until(condition: Callable[[], bool], what: str, limit_s: float = 20.0) -> None:

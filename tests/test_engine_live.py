@@ -34,7 +34,7 @@ from pbx_sim.app_queue import DeviceStatus
 from routing.ami_client import AmiClient
 from routing.live import AgentState, LiveModel, LiveSnapshot, QueueCounters, WaitingCaller
 from tests.conftest import REPO
-from tests.sim_fixtures import AgiResponder
+from tests.sim_fixtures import AgiResponder, engine_beside_sim
 
 SPEED = 15.0
 JOIN_TOLERANCE_S = 1.5  # QueueEntry Wait is in whole seconds, plus the reading delay
@@ -63,20 +63,8 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    agi = AgiResponder(IVR_COMMANDS)
-    await agi.start()
-    dialplan = inbound_dialplan(f"agi://127.0.0.1:{agi.port}", requeue=False)
-    pbx = SimulatedPbx(
-        SimConfig(agi_port=agi.port, speed=SPEED, queues=(QueueConfig(QUEUE),), dialplan=dialplan)
-    )
-    await pbx.start()
-    engine = Engine(Settings(), Secret("secret"), RouteTable(), clock=pbx.clock.now)
-    try:
+    async with engine_beside_sim(AgiResponder(IVR_COMMANDS), QUEUE, SPEED, connect=False) as (pbx, engine):
         yield Rig(pbx, engine)
-    finally:
-        await engine.close()
-        await pbx.stop()
-        await agi.stop()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
